@@ -49,10 +49,15 @@ func NewHealth(addr string, log *slog.Logger, checks ...func() error) (*Health, 
 		return nil, fmt.Errorf("health: %w", err)
 	}
 	h := &Health{
-		checks: checks, log: log, ln: ln,
+		log: log, ln: ln,
 		conns:  make(chan net.Conn),
 		tlsCfg: &tls.Config{Certificates: []tls.Certificate{cert}},
 		closed: make(chan struct{}),
+	}
+	for _, c := range checks {
+		if c != nil {
+			h.checks = append(h.checks, c)
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", h.serve)

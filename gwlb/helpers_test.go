@@ -39,11 +39,11 @@ var tenantA = packet.Tenant{EndpointID: 0x0123456789abcdef, AttachmentID: 0x1111
 var tenantB = packet.Tenant{EndpointID: 0x0fedcba987654321, AttachmentID: 0x2222}
 
 type tcpSpec struct {
-	src, dst         string
-	sport, dport     uint16
+	src, dst           string
+	sport, dport       uint16
 	syn, ack, fin, rst bool
-	seq, ackNum      uint32
-	payload          []byte
+	seq, ackNum        uint32
+	payload            []byte
 }
 
 // inner builds an IPv4 or IPv6 TCP packet with gopacket (an independent encoder).
