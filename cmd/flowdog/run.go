@@ -278,4 +278,3 @@ func serveAdmin(ctx context.Context, ln net.Listener, reg *prometheus.Registry, 
 		return fmt.Errorf("admin: %w", err)
 	}
 }
-
