@@ -34,9 +34,14 @@ bench:
 bench-fastpath:
 	$(GO) run ./cmd/bench-fastpath
 
+FUZZPKGS ?= ./gwlb/packet ./gwlb ./gwlbsim
+
+# Every fuzz target of every decoder, FUZZTIME each.
 fuzz:
-	@for t in $$($(GO) test -list '^Fuzz' ./gwlb/packet | grep '^Fuzz'); do \
-		echo "== $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./gwlb/packet || exit 1; \
+	@for p in $(FUZZPKGS); do \
+		for t in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+			echo "== $$p $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+		done; \
 	done
 
 lint:
