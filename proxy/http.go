@@ -1,0 +1,279 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+type roundTripper interface {
+	RoundTrip(*http.Request) (*http.Response, error)
+}
+
+type ctxKey int
+
+const xffKey ctxKey = 0
+
+// serveHTTP serves HTTP on the client leg (HTTP/2 when h2) and sends every
+// request on the single upstream connection (HTTP/2 when upProto is "h2").
+// When the upstream connection goes away, the client's connection is closed
+// gracefully (HTTP/1.1: after the response in flight; HTTP/2: GOAWAY) so
+// that the client opens a new one, with a new upstream, instead of getting
+// 502s.
+func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
+	o := &c.p.o
+	scheme := "http"
+	if isTLS(client) {
+		scheme = "https"
+	}
+	hs := &http.Server{
+		ReadHeaderTimeout: o.HeaderTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		ErrorLog:          discardLog,
+	}
+	var once sync.Once
+	gone := func() {
+		once.Do(func() {
+			if h2 {
+				go hs.Shutdown(c.ctx) // GOAWAY; streams in flight finish
+			} else {
+				hs.SetKeepAlivesEnabled(false) // closes when idle or after this response
+			}
+		})
+	}
+	upstream = &watchConn{Conn: upstream, onErr: gone}
+	var rt roundTripper
+	var h1 *h1Upstream
+	if upProto == "h2" {
+		up, err := newH2Upstream(upstream)
+		if err != nil {
+			c.log.Warn("upstream HTTP/2 setup failed", "err", err)
+			return
+		}
+		rt = up
+	} else {
+		h1 = newH1Upstream(upstream, o.ResponseHeaderTimeout, gone)
+		rt = h1
+	}
+	h := &httpHandler{c: c, rt: rt, h1: h1, scheme: scheme, h2: h2}
+	h.rp = &httputil.ReverseProxy{
+		Director:       h.direct,
+		Transport:      roundTripFunc(h.roundTrip),
+		ModifyResponse: h.modifyResponse,
+		ErrorHandler:   h.errorHandler,
+		FlushInterval:  -1, // stream: flowdog never holds response bytes back
+		ErrorLog:       discardLog,
+	}
+	hs.Handler = h
+	if h2 {
+		srv := &http2.Server{IdleTimeout: o.IdleTimeout, MaxUploadBufferPerConnection: 1 << 20}
+		if err := http2.ConfigureServer(hs, srv); err != nil {
+			c.log.Error("HTTP/2 server setup failed", "err", err)
+			return
+		}
+		srv.ServeConn(client, &http2.ServeConnOpts{Context: c.ctx, Handler: h, BaseConfig: hs})
+		h.wg.Wait()
+		return
+	}
+	ln := newOneConnListener(client)
+	hs.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed || s == http.StateHijacked {
+			ln.done()
+		}
+	}
+	stop := context.AfterFunc(c.ctx, func() { hs.Close() })
+	defer stop()
+	_ = hs.Serve(ln)
+	h.wg.Wait() // hijacked (upgraded) connections run on
+}
+
+var discardLog = log.New(io.Discard, "", 0)
+
+// watchConn reports the first read error: the connection is gone.
+type watchConn struct {
+	net.Conn
+	once  sync.Once
+	onErr func()
+}
+
+func (w *watchConn) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if err != nil && !isTimeout(err) {
+		w.once.Do(w.onErr)
+	}
+	return n, err
+}
+
+func (w *watchConn) CloseWrite() error { return closeWrite(w.Conn) }
+
+func isTLS(c net.Conn) bool {
+	if b, ok := c.(*bufConn); ok {
+		c = b.Conn
+	}
+	_, ok := c.(*tls.Conn)
+	return ok
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+type httpHandler struct {
+	c      *conn
+	rp     *httputil.ReverseProxy
+	rt     roundTripper
+	h1     *h1Upstream
+	scheme string
+	h2     bool
+	wg     sync.WaitGroup
+}
+
+func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.wg.Add(1)
+	defer h.wg.Done()
+	if r.Method == http.MethodConnect {
+		http.Error(w, "flowdog: CONNECT is not proxied on an intercepted connection", http.StatusMethodNotAllowed)
+		return
+	}
+	if h.c.p.chain.HasWebSocketHooks() && isWebSocketUpgrade(r) {
+		h.serveWebSocket(w, r)
+		return
+	}
+	// Remember the client's own X-Forwarded-For: ReverseProxy would add the
+	// peer's address to it, and flowdog is transparent.
+	xff, hadXFF := r.Header["X-Forwarded-For"]
+	r = r.WithContext(context.WithValue(r.Context(), xffKey, xffValue{xff, hadXFF, r}))
+	h.rp.ServeHTTP(w, r)
+}
+
+type xffValue struct {
+	v   []string
+	had bool
+	in  *http.Request
+}
+
+func (h *httpHandler) direct(out *http.Request) {
+	out.URL.Scheme = h.scheme
+	out.URL.Host = out.Host
+	if out.URL.Host == "" {
+		out.URL.Host = h.c.info.Server.String()
+	}
+}
+
+// roundTrip runs the request hooks on the outgoing request, then sends it
+// on the one upstream connection unless a hook answered it.
+func (h *httpHandler) roundTrip(out *http.Request) (*http.Response, error) {
+	if x, ok := out.Context().Value(xffKey).(xffValue); ok {
+		if x.had {
+			out.Header["X-Forwarded-For"] = x.v
+		} else {
+			delete(out.Header, "X-Forwarded-For")
+		}
+		// ReverseProxy's clone copied the trailer map before the body was
+		// read; the client's trailers land in the original one.
+		if x.in.Trailer != nil {
+			out.Trailer = x.in.Trailer
+		}
+	}
+	resp, err := h.c.p.chain.Request(h.c.flow, out)
+	if err != nil {
+		return nil, err
+	}
+	if resp != nil {
+		if resp.Body == nil {
+			resp.Body = http.NoBody
+		}
+		if resp.Header == nil {
+			resp.Header = http.Header{}
+		}
+		return resp, nil
+	}
+	return h.rt.RoundTrip(out)
+}
+
+func (h *httpHandler) modifyResponse(resp *http.Response) error {
+	if err := h.c.p.chain.Response(h.c.flow, resp); err != nil {
+		return err
+	}
+	proto := "http/1.1"
+	if h.h2 {
+		proto = "h2"
+	}
+	h.c.p.m.requests.WithLabelValues(proto, fmt.Sprintf("%dxx", resp.StatusCode/100)).Inc()
+	return nil
+}
+
+// errorHandler answers 502 with a short plain-text reason.
+func (h *httpHandler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	reason := "upstream"
+	switch {
+	case isInterceptorError(err):
+		reason = "interceptor"
+		h.c.p.interceptorFailed(err)
+		h.c.log.Error("interceptor failed the request", "err", err, "method", r.Method, "url", r.URL.String())
+	case errors.Is(err, context.Canceled):
+		reason = "client_gone"
+	case errors.Is(err, errUpstreamGone):
+		reason = "upstream_gone"
+	default:
+		h.c.log.Info("upstream request failed", "err", err, "method", r.Method, "host", r.Host)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		reason = "upstream_timeout"
+	}
+	h.c.p.m.badGateway.WithLabelValues(reason).Inc()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusBadGateway)
+	io.WriteString(w, "502 Bad Gateway (flowdog): "+errString(err)+"\n")
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isWebSocketUpgrade(r *http.Request) bool {
+	return httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") &&
+		strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// oneConnListener hands http.Server a single connection, then blocks until
+// that connection is done, so Serve returns when the client leaves.
+type oneConnListener struct {
+	c      net.Conn
+	once   sync.Once
+	taken  chan struct{}
+	closed chan struct{}
+	close  sync.Once
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	l := &oneConnListener{c: c, taken: make(chan struct{}, 1), closed: make(chan struct{})}
+	l.taken <- struct{}{}
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	select {
+	case <-l.taken:
+		return l.c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *oneConnListener) done()          { l.close.Do(func() { close(l.closed) }) }
+func (l *oneConnListener) Close() error   { l.done(); return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }

@@ -1,0 +1,279 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowdog/flowdog/ca"
+	"github.com/flowdog/flowdog/interceptors"
+)
+
+// Options configure a Proxy. Zero durations take the defaults.
+type Options struct {
+	// CA mints certificates for intercepted TLS; nil passes all TLS through.
+	CA *ca.Authority
+	// Chain is the interceptors; nil runs none.
+	Chain *interceptors.Chain
+	// Passthrough lists TLS traffic spliced untouched.
+	Passthrough Passthrough
+	// UpstreamRoots verifies servers; nil uses the system roots.
+	UpstreamRoots *x509.CertPool
+	// InsecureSkipVerify accepts any server certificate. Only for labs.
+	InsecureSkipVerify bool
+	// AutoPassthrough passes a destination through for AutoPassthroughTTL
+	// after a client rejected flowdog's certificate (certificate pinning).
+	AutoPassthrough    bool
+	AutoPassthroughTTL time.Duration // default 1h
+	// SniffTimeout bounds the wait for either side's first bytes; default 30s.
+	SniffTimeout time.Duration
+	// TLSHandshakeTimeout bounds each TLS handshake; default 10s.
+	TLSHandshakeTimeout time.Duration
+	// HeaderTimeout bounds reading a request's headers; default 30s.
+	HeaderTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for upstream response headers; default 60s.
+	ResponseHeaderTimeout time.Duration
+	// IdleTimeout closes idle keep-alive client connections; default 5m.
+	IdleTimeout time.Duration
+	// MaxWebSocketMessage caps one WebSocket message; default 16 MiB.
+	MaxWebSocketMessage int64
+	Logger              *slog.Logger
+	Registerer          prometheus.Registerer
+}
+
+func (o *Options) setDefaults() {
+	d := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	d(&o.AutoPassthroughTTL, time.Hour)
+	d(&o.SniffTimeout, 30*time.Second)
+	d(&o.TLSHandshakeTimeout, 10*time.Second)
+	d(&o.HeaderTimeout, 30*time.Second)
+	d(&o.ResponseHeaderTimeout, 60*time.Second)
+	d(&o.IdleTimeout, 5*time.Minute)
+	if o.MaxWebSocketMessage <= 0 {
+		o.MaxWebSocketMessage = 16 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// ConnInfo describes an intercepted connection.
+type ConnInfo struct {
+	EndpointID   string
+	AttachmentID string
+	FlowCookie   uint32
+	Client       netip.AddrPort
+	Server       netip.AddrPort
+}
+
+// Proxy serves intercepted connections.
+type Proxy struct {
+	o     Options
+	log   *slog.Logger
+	m     *metrics
+	auto  *autoPassthrough
+	chain *interceptors.Chain
+}
+
+// New returns a Proxy.
+func New(o Options) (*Proxy, error) {
+	o.setDefaults()
+	if err := o.Passthrough.compile(); err != nil {
+		return nil, err
+	}
+	if o.InsecureSkipVerify {
+		o.Logger.Warn("UPSTREAM TLS CERTIFICATES ARE NOT VERIFIED (tls.insecure_skip_verify): " +
+			"anyone between flowdog and the servers can read and change intercepted traffic")
+	}
+	return &Proxy{o: o, log: o.Logger, m: newMetrics(o.Registerer), auto: newAutoPassthrough(10000), chain: o.Chain}, nil
+}
+
+// Serve handles one connection until either side is done, then closes both.
+func (p *Proxy) Serve(ctx context.Context, info ConnInfo, client, upstream net.Conn) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Closing both legs when ctx ends unblocks every read below.
+	stop := context.AfterFunc(ctx, func() {
+		client.Close()
+		upstream.Close()
+	})
+	defer stop()
+	defer client.Close()
+	defer upstream.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			p.m.panics.Inc()
+			p.log.Error("proxy panic; connection closed", "client", info.Client.String(), "server", info.Server.String(), "panic", r)
+		}
+	}()
+
+	f := &interceptors.Flow{
+		EndpointID: info.EndpointID, AttachmentID: info.AttachmentID, FlowCookie: info.FlowCookie,
+		Client: info.Client, Server: info.Server, Protocol: "tcp",
+	}
+	c := &conn{p: p, ctx: ctx, info: info, flow: f,
+		client: newBufConn(client), upstream: newBufConn(upstream)}
+	c.log = p.log.With("client", info.Client.String(), "server", info.Server.String())
+	c.serve()
+}
+
+// conn is the state of one intercepted connection.
+type conn struct {
+	p        *Proxy
+	ctx      context.Context
+	info     ConnInfo
+	flow     *interceptors.Flow
+	log      *slog.Logger
+	client   *bufConn
+	upstream *bufConn
+}
+
+func (c *conn) serve() {
+	first, err := c.sniff()
+	if err != nil {
+		return
+	}
+	switch {
+	case first == sideUpstream:
+		// The server speaks first (SMTP, SSH banners...): not HTTP, not TLS.
+		c.p.m.conns("raw").Inc()
+		c.splice(c.client, c.upstream)
+	case c.client.looksTLS():
+		c.serveTLS()
+	case c.client.looksHTTP():
+		c.p.m.conns("http").Inc()
+		c.serveHTTP(c.client, c.upstream, false, "http")
+	default:
+		c.p.m.conns("raw").Inc()
+		c.splice(c.client, c.upstream)
+	}
+}
+
+type side int
+
+const (
+	sideClient side = iota
+	sideUpstream
+)
+
+// sniff waits for the first bytes from either side.
+func (c *conn) sniff() (side, error) {
+	type res struct {
+		s   side
+		err error
+	}
+	ch := make(chan res, 2)
+	deadline := time.Now().Add(c.p.o.SniffTimeout)
+	c.client.SetReadDeadline(deadline)
+	c.upstream.SetReadDeadline(deadline)
+	go func() { _, err := c.client.br.Peek(1); ch <- res{sideClient, err} }()
+	go func() { _, err := c.upstream.br.Peek(1); ch <- res{sideUpstream, err} }()
+	r := <-ch
+	// Unblock the other peek, then clear the deadlines.
+	past := time.Unix(1, 0)
+	if r.s == sideClient {
+		c.upstream.SetReadDeadline(past)
+	} else {
+		c.client.SetReadDeadline(past)
+	}
+	<-ch
+	c.client.SetReadDeadline(time.Time{})
+	c.upstream.SetReadDeadline(time.Time{})
+	if r.err != nil {
+		if !errors.Is(r.err, io.EOF) {
+			c.log.Debug("nothing to sniff", "err", r.err)
+		}
+		return 0, r.err
+	}
+	return r.s, nil
+}
+
+// bufConn is a net.Conn whose reads go through a bufio.Reader, so bytes
+// peeked while sniffing are not lost.
+type bufConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func newBufConn(c net.Conn) *bufConn { return &bufConn{Conn: c, br: bufio.NewReaderSize(c, 16<<10)} }
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
+
+// CloseWrite half-closes when the underlying connection can.
+func (b *bufConn) CloseWrite() error { return closeWrite(b.Conn) }
+
+func (b *bufConn) looksTLS() bool {
+	h, err := b.br.Peek(3)
+	// A handshake record (22) of TLS 1.0-1.3 (major version 3).
+	return err == nil && h[0] == 0x16 && h[1] == 3
+}
+
+var methods = []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "}
+
+func (b *bufConn) looksHTTP() bool {
+	for _, m := range methods {
+		h, err := b.br.Peek(len(m))
+		if err == nil && string(h) == m {
+			return true
+		}
+		if err != nil && len(h) > 0 && string(h) == m[:len(h)] {
+			// Fewer bytes than the method so far: wait for a few more.
+			b.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			h, err = b.br.Peek(len(m))
+			b.Conn.SetReadDeadline(time.Time{})
+			if err == nil && string(h) == m {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
+// reset closes c abortively (a TCP RST) when the connection supports it.
+func reset(c net.Conn) {
+	if b, ok := c.(*bufConn); ok {
+		c = b.Conn
+	}
+	if r, ok := c.(interface{ Reset() error }); ok {
+		_ = r.Reset()
+		return
+	}
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
+	}
+	c.Close()
+}
+
+// errString shortens an error for a 502 body.
+func errString(err error) string {
+	var ie *interceptors.Error
+	if errors.As(err, &ie) {
+		return fmt.Sprintf("interceptor %s failed", ie.ID)
+	}
+	return err.Error()
+}
+
+func isInterceptorError(err error) bool {
+	var ie *interceptors.Error
+	return errors.As(err, &ie)
+}

@@ -1,0 +1,244 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// errUpstreamGone: the one upstream connection is closed; flowdog never
+// dials another (same 5-tuple, one upstream per downstream).
+var errUpstreamGone = errors.New("upstream connection closed")
+
+// h1Upstream sends HTTP/1.1 requests one at a time on the single upstream
+// connection (an HTTP/2 client's streams queue here).
+type h1Upstream struct {
+	conn    net.Conn
+	br      *bufio.Reader
+	sem     chan struct{} // held from request write until the response body ends
+	mu      sync.Mutex
+	dead    bool
+	timeout time.Duration
+	onDead  func()
+}
+
+func newH1Upstream(c net.Conn, headerTimeout time.Duration, onDead func()) *h1Upstream {
+	return &h1Upstream{conn: c, br: bufio.NewReaderSize(c, 32<<10), sem: make(chan struct{}, 1),
+		timeout: headerTimeout, onDead: onDead}
+}
+
+func (u *h1Upstream) kill() {
+	u.mu.Lock()
+	was := u.dead
+	u.dead = true
+	u.mu.Unlock()
+	if !was {
+		u.conn.Close()
+		if u.onDead != nil {
+			u.onDead()
+		}
+	}
+}
+
+func (u *h1Upstream) isDead() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.dead
+}
+
+func (u *h1Upstream) acquire(ctx context.Context) error {
+	select {
+	case u.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if u.isDead() {
+		<-u.sem
+		return errUpstreamGone
+	}
+	return nil
+}
+
+func (u *h1Upstream) release() { <-u.sem }
+
+// RoundTrip writes req and reads its response. 100-continue is honoured:
+// the body waits for the server's 100 (or its final answer).
+func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := u.acquire(req.Context()); err != nil {
+		return nil, err
+	}
+	expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue") && req.Body != nil && req.Body != http.NoBody
+	var gate chan bool
+	out := req
+	if expect {
+		gate = make(chan bool, 1)
+		out = req.Clone(req.Context())
+		out.Trailer = req.Trailer // filled in when the body ends
+		out.Body = &gatedBody{rc: req.Body, gate: gate}
+	}
+	werr := make(chan error, 1)
+	go func() {
+		err := out.Write(u.conn)
+		if err != nil {
+			u.kill()
+		}
+		werr <- err
+	}()
+	stop := context.AfterFunc(req.Context(), u.kill) // a client gone mid-request ends the upstream too
+	defer stop()
+
+	u.conn.SetReadDeadline(time.Now().Add(u.timeout))
+	var resp *http.Response
+	var err error
+	for {
+		resp, err = http.ReadResponse(u.br, req)
+		if err != nil {
+			break
+		}
+		if resp.StatusCode == http.StatusContinue {
+			if gate != nil {
+				gate <- true
+				gate = nil
+			}
+			continue
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue // other informational responses are not forwarded
+		}
+		break
+	}
+	u.conn.SetReadDeadline(time.Time{})
+	if gate != nil {
+		gate <- false // a final answer came first: the body is not sent
+	}
+	if err != nil {
+		u.kill()
+		u.release()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("upstream closed the connection: %w", err)
+		}
+		return nil, fmt.Errorf("reading upstream response: %w", err)
+	}
+	if expect && gate == nil {
+		// The body was refused: the connection state is unclear.
+		resp.Close = true
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection now belongs to the upgraded protocol.
+		resp.Body = &upgradedBody{br: u.br, conn: u.conn}
+		u.mu.Lock()
+		u.dead = true
+		u.mu.Unlock()
+		u.release() // later requests find it dead and fail at once
+		return resp, nil
+	}
+	closeAfter := resp.Close || req.Close
+	resp.Body = &h1Body{rc: resp.Body, done: func(clean bool) {
+		// Reuse the connection only when both the request and the
+		// response went through whole.
+		reusable := clean && !closeAfter
+		if reusable {
+			// The writer normally finished long ago; one still writing
+			// after the whole response (a server that answered early) leaves
+			// the connection in an unknown state.
+			t := time.NewTimer(time.Second)
+			select {
+			case err := <-werr:
+				reusable = err == nil
+			case <-t.C:
+				reusable = false
+			}
+			t.Stop()
+		}
+		if !reusable {
+			u.kill()
+		}
+		u.release()
+	}}
+	return resp, nil
+}
+
+// gatedBody holds the request body until the server says 100 Continue.
+type gatedBody struct {
+	rc   io.ReadCloser
+	gate chan bool
+	open bool
+	shut bool
+}
+
+func (g *gatedBody) Read(p []byte) (int, error) {
+	if !g.open && !g.shut {
+		if <-g.gate {
+			g.open = true
+		} else {
+			g.shut = true
+		}
+	}
+	if g.shut {
+		return 0, io.EOF
+	}
+	return g.rc.Read(p)
+}
+
+func (g *gatedBody) Close() error { return g.rc.Close() }
+
+// h1Body reports when the response body ended and whether cleanly.
+type h1Body struct {
+	rc   io.ReadCloser
+	once sync.Once
+	done func(clean bool)
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil {
+		b.once.Do(func() { b.done(errors.Is(err, io.EOF)) })
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	err := b.rc.Close()
+	b.once.Do(func() { b.done(false) }) // unread body: the connection cannot be reused
+	return err
+}
+
+// upgradedBody is the connection after a 101, as httputil.ReverseProxy wants it.
+type upgradedBody struct {
+	br   *bufio.Reader
+	conn net.Conn
+}
+
+func (b *upgradedBody) Read(p []byte) (int, error)  { return b.br.Read(p) }
+func (b *upgradedBody) Write(p []byte) (int, error) { return b.conn.Write(p) }
+func (b *upgradedBody) Close() error                { return b.conn.Close() }
+
+// h2Upstream is the single HTTP/2 upstream connection.
+type h2Upstream struct {
+	cc *http2.ClientConn
+}
+
+func newH2Upstream(c net.Conn) (*h2Upstream, error) {
+	t := &http2.Transport{DisableCompression: true, AllowHTTP: true}
+	cc, err := t.NewClientConn(c)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP/2 upstream: %w", err)
+	}
+	return &h2Upstream{cc: cc}, nil
+}
+
+func (u *h2Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !u.cc.CanTakeNewRequest() {
+		return nil, errUpstreamGone
+	}
+	return u.cc.RoundTrip(req)
+}
