@@ -351,10 +351,9 @@ func (d *Datapath) classify(now int64, src netip.AddrPort, local netip.Addr, p *
 		hasPorts := !in.NonFirst
 		v, rule := d.opts.Policy.Decide(key.Tenant, tuple, hasPorts)
 		if v == Intercept && !syn {
-			// Mid-stream (restart, GWLB rebalance) or not TCP: nothing to terminate.
-			if isTCP || d.opts.Intercept == nil {
-				v = Fast
-			}
+			// Mid-stream TCP (restart, GWLB rebalance) or not TCP at all:
+			// there is no connection to terminate.
+			v = Fast
 		}
 		if v == Intercept && d.opts.Acceptor != nil {
 			if t.pending.Load() >= int64(d.opts.MaxPending) {
@@ -489,8 +488,12 @@ func (d *Datapath) Send(f *Flow, inner []byte) error {
 		d.m.drop(packet.ErrInnerOversize.Kind).Inc()
 		return fmt.Errorf("gwlb: send: %d-byte packet exceeds GWLB's %d", len(inner), packet.MaxInnerLen)
 	}
+	now := time.Now().UnixNano()
 	s := f.shard
 	s.mu.Lock()
+	// Traffic the appliance originates keeps the flow alive, as it keeps
+	// GWLB's flow alive.
+	f.lastSeen = max(f.lastSeen, now)
 	env := f.env
 	v := f.verdict
 	buf := d.inject.get()
