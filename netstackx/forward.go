@@ -1,0 +1,185 @@
+package netstackx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/flowdog/flowdog/gwlb/packet"
+)
+
+// forward handles a client's SYN (tcp.Forwarder runs it on a goroutine of
+// its own, at most MaxInFlight at a time; SYN retransmits of a request in
+// flight are ignored). It dials upstream first and completes the client's
+// handshake only once the upstream has answered, so that flowdog stays
+// transparent: refused upstream, RST to the client; silent upstream,
+// silence; connected upstream, SYN-ACK and the Handler.
+func (t *tenant) forward(r *tcp.ForwarderRequest) {
+	if !t.enter() {
+		r.Complete(false)
+		return
+	}
+	defer t.leave()
+	e := t.e
+	id := r.ID()
+	client := addrPort(id.RemoteAddress, id.RemotePort)
+	server := addrPort(id.LocalAddress, id.LocalPort)
+	tuple := packet.Tuple{Proto: 6, Src: client.Addr(), Dst: server.Addr(), SrcPort: client.Port(), DstPort: server.Port()}
+	key, _ := tuple.Canonical()
+	f := t.flow(key)
+	if f == nil {
+		// The flow closed while its SYN waited in the queue.
+		r.Complete(false)
+		e.m.dial(dialError)
+		return
+	}
+	log := e.cfg.Logger.With("endpoint", t.id.EndpointString(), "attachment", t.id.AttachmentString(),
+		"flow", tuple.String())
+
+	// The dialled endpoint of an earlier connection on this tuple (say in
+	// TIME-WAIT) would take the new server's SYN-ACK and fail the bind.
+	// The client sent a new SYN: that connection is over.
+	if t.stack.FindTransportEndpoint(netProto(client.Addr()), tcp.ProtocolNumber, endpointID(tuple), nicID) != nil {
+		t.release(key)
+	}
+
+	ctx, cancel := context.WithTimeout(t.ctx, e.cfg.DialTimeout)
+	up, upEP, err := dialFrom(ctx, t.stack, client, server)
+	cancel()
+	if err != nil {
+		var terr tcpipError
+		switch {
+		case errors.As(err, &terr) && isRefusal(terr.err):
+			// What the client would have got from the server itself.
+			r.Complete(true)
+			e.m.dial(dialRefused)
+			log.Debug("upstream refused; client reset", "err", err)
+		case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &terr) && isTimeout(terr.err):
+			// A silent server: the client hears nothing either.
+			r.Complete(false)
+			e.m.dial(dialTimeout)
+			log.Debug("upstream timed out; client SYN left unanswered", "err", err)
+		default:
+			r.Complete(false)
+			e.m.dial(dialError)
+			log.Debug("upstream dial failed; client SYN left unanswered", "err", err)
+		}
+		return
+	}
+
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq) // sends the SYN-ACK, waits for the ACK
+	if terr != nil {
+		r.Complete(false)
+		upEP.Abort() // the client went away: so does the server's leg
+		up.Close()
+		e.m.dial(dialError)
+		log.Debug("client handshake failed after upstream connected", "err", terr.String())
+		return
+	}
+	r.Complete(false)
+	e.m.dial(dialAccepted)
+
+	c := &Conn{
+		Flow:       f,
+		Tenant:     t.id,
+		Client:     gonet.NewTCPConn(&wq, ep),
+		Upstream:   up,
+		ClientAddr: client,
+		ServerAddr: server,
+	}
+	e.conns.Add(1)
+	e.m.conns.Inc()
+	defer func() {
+		e.m.conns.Dec()
+		e.conns.Add(-1)
+	}()
+	t.serve(c, log)
+}
+
+// serve runs the Handler; a panic costs this connection only.
+func (t *tenant) serve(c *Conn, log *slog.Logger) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("connection handler panicked; connection reset", "panic", p)
+		}
+		// The Handler closes both legs; closing again is a no-op, and
+		// makes sure a returning Handler never leaks an endpoint.
+		c.Client.Close()
+		c.Upstream.Close()
+	}()
+	t.e.h(t.e.ctx, c)
+}
+
+// tcpipError carries a gVisor error so callers can tell refusals from
+// timeouts (gonet.DialTCPWithBind flattens it into a string).
+type tcpipError struct{ err tcpip.Error }
+
+func (e tcpipError) Error() string { return e.err.String() }
+
+func isRefusal(err tcpip.Error) bool {
+	switch err.(type) {
+	case *tcpip.ErrConnectionRefused, *tcpip.ErrConnectionReset:
+		return true
+	}
+	return false
+}
+
+func isTimeout(err tcpip.Error) bool {
+	_, ok := err.(*tcpip.ErrTimeout)
+	return ok
+}
+
+// dialFrom connects from local (the client's address and port, which the
+// stack does not own: the NIC spoofs) to remote through s. It is
+// gonet.DialTCPWithBind with three changes: SO_REUSEADDR, so that one client
+// address and port may reach several servers at once as it can without
+// flowdog; the endpoint is closed when Bind fails (DialTCPWithBind leaks
+// it); and gVisor's error is kept for the caller.
+func dialFrom(ctx context.Context, s interface {
+	NewEndpoint(tcpip.TransportProtocolNumber, tcpip.NetworkProtocolNumber, *waiter.Queue) (tcpip.Endpoint, tcpip.Error)
+}, local, remote netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
+	var wq waiter.Queue
+	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, netProto(remote.Addr()), &wq)
+	if terr != nil {
+		return nil, nil, fmt.Errorf("netstackx: dial %v->%v: new endpoint: %w", local, remote, tcpipError{terr})
+	}
+	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	ep.SocketOptions().SetReuseAddress(true)
+	if terr := ep.Bind(fullAddr(local)); terr != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("netstackx: dial %v->%v: bind: %w", local, remote, tcpipError{terr})
+	}
+	terr = ep.Connect(fullAddr(remote))
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return nil, nil, fmt.Errorf("netstackx: dial %v->%v: %w", local, remote, ctx.Err())
+		case <-notify:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("netstackx: dial %v->%v: %w", local, remote, tcpipError{terr})
+	}
+	return gonet.NewTCPConn(&wq, ep), ep, nil
+}
+
+func netProto(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is4() {
+		return header.IPv4ProtocolNumber
+	}
+	return header.IPv6ProtocolNumber
+}
