@@ -102,9 +102,17 @@ func testConfig(t testing.TB) *config.Config {
 	c.Admin.Listen = "127.0.0.1:0"
 	c.Shutdown.Drain = config.Duration(time.Second)
 	c.Log.Level = "warn"
+	c.StateDir = t.TempDir()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// fastConfig is testConfig with every flow on the fast path.
+func fastConfig(t testing.TB) *config.Config {
+	c := testConfig(t)
+	c.Policy.Rules = nil
 	return c
 }
 

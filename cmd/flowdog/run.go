@@ -69,6 +69,7 @@ func newRunFlags(stderr io.Writer) *runFlags {
 	str("log-format", "text or json (log.format)", func(c *config.Config) *string { return &c.Log.Format })
 	num("max-flows", "flow table limit (flows.max_flows)", func(c *config.Config) *int { return &c.Flows.MaxFlows })
 	dur("drain", "how long flows are served after SIGTERM (shutdown.drain)", func(c *config.Config) *config.Duration { return &c.Shutdown.Drain })
+	str("state-dir", "state directory, holds the generated root CA (state_dir)", func(c *config.Config) *string { return &c.StateDir })
 	str("policy-default", "verdict of flows no rule matches: fast, drop or intercept (policy.default)", func(c *config.Config) *string { return &c.Policy.Default })
 	return f
 }
@@ -136,6 +137,7 @@ type daemon struct {
 	health *gwlb.Health
 	admin  net.Addr
 	reg    *prometheus.Registry
+	in     *interception // nil when nothing is intercepted
 }
 
 // run starts everything and blocks until ctx is done (SIGTERM), then turns
@@ -155,6 +157,22 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	if err != nil {
 		return err
 	}
+	// Everything below stops when serveCtx ends: after the drain period.
+	serveCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var in *interception
+	var intercept gwlb.InterceptHandler
+	var acceptor gwlb.Acceptor
+	checks := []func() error{}
+	if cfg.Intercepts() {
+		if in, err = newInterception(serveCtx, cfg, log, reg); err != nil {
+			return err
+		}
+		defer in.chain.Cleanup()
+		intercept, acceptor = in.engine, in.acceptor(cfg.Flows.PendingTimeout.D())
+		checks = append(checks, in.ca.Ready)
+	}
 	listen, _ := config.ParseListen(cfg.GWLB.Listen)
 	dp, err := gwlb.New(gwlb.Options{
 		Listen:           listen,
@@ -171,13 +189,15 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		PendingPackets:   cfg.Flows.PendingPackets,
 		PendingTimeout:   cfg.Flows.PendingTimeout.D(),
 		Policy:           policy,
+		Acceptor:         acceptor,
+		Intercept:        intercept,
 		Logger:           log,
 		Registerer:       reg,
 	})
 	if err != nil {
 		return err
 	}
-	health, err := gwlb.NewHealth(cfg.Health.Listen, log, dp.Healthy)
+	health, err := gwlb.NewHealth(cfg.Health.Listen, log, append([]func() error{dp.Healthy}, checks...)...)
 	if err != nil {
 		return err
 	}
@@ -188,11 +208,13 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		}
 	}
 
-	// Everything below stops when serveCtx ends: after the drain period.
-	serveCtx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
+	if in != nil {
+		// Before the data path runs: it hands the engine packets at once.
+		in.engine.Start(serveCtx, dp)
+		wg.Go(func() { in.ca.Run(serveCtx) })
+	}
 	wg.Go(func() {
 		if err := dp.Run(serveCtx); err != nil {
 			errc <- err
@@ -216,7 +238,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	}
 	log.Info("flowdog running", attrs...)
 	if ready != nil {
-		d := &daemon{dp: dp, health: health, reg: reg}
+		d := &daemon{dp: dp, health: health, reg: reg, in: in}
 		if adminLn != nil {
 			d.admin = adminLn.Addr()
 		}
@@ -240,6 +262,9 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	}
 	cancel()
 	wg.Wait()
+	if in != nil {
+		in.engine.Close()
+	}
 	if runErr == nil {
 		select {
 		case runErr = <-errc:

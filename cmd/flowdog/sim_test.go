@@ -137,7 +137,7 @@ func body(n int) []byte {
 }
 
 func TestSimFastPathHTTPAndUDP(t *testing.T) {
-	l := newLab(t, testConfig(t), gwlbsim.Config{})
+	l := newLab(t, fastConfig(t), gwlbsim.Config{})
 	client, server := hosts(t, l.sim.AddTenant(0x0123456789abcdef, 0xa1))
 	big := body(10 << 20)
 	serveHTTP(t, server, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -207,7 +207,7 @@ func TestSimFastPathHTTPAndUDP(t *testing.T) {
 }
 
 func TestSimTenantsWithOverlappingAddressesStayApart(t *testing.T) {
-	l := newLab(t, testConfig(t), gwlbsim.Config{})
+	l := newLab(t, fastConfig(t), gwlbsim.Config{})
 	type tenant struct {
 		name   string
 		client *gwlbsim.Host
@@ -240,7 +240,7 @@ func TestSimTenantsWithOverlappingAddressesStayApart(t *testing.T) {
 }
 
 func TestSimCookieReassignedWhenTupleReused(t *testing.T) {
-	l := newLab(t, testConfig(t), gwlbsim.Config{TCPTimeWait: 100 * time.Millisecond})
+	l := newLab(t, fastConfig(t), gwlbsim.Config{TCPTimeWait: 100 * time.Millisecond})
 	tn := l.sim.AddTenant(0x0123456789abcdef, 0xc1)
 	client, server := hosts(t, tn)
 	ln, err := server.ListenTCP(7)
@@ -297,7 +297,7 @@ func TestSimCookieReassignedWhenTupleReused(t *testing.T) {
 }
 
 func TestSimDropPolicyBlocksFlow(t *testing.T) {
-	cfg := testConfig(t)
+	cfg := fastConfig(t)
 	cfg.Policy.Rules = []config.Rule{{Name: "no-8080", Action: "drop", Protocols: []string{"tcp"}, Ports: []string{"8080"}}}
 	l := newLab(t, cfg, gwlbsim.Config{})
 	client, server := hosts(t, l.sim.AddTenant(0x0123456789abcdef, 0xd1))
@@ -340,7 +340,7 @@ func TestSimDropPolicyBlocksFlow(t *testing.T) {
 }
 
 func TestSimMalformedFloodLeavesFlowdogServing(t *testing.T) {
-	l := newLab(t, testConfig(t), gwlbsim.Config{})
+	l := newLab(t, fastConfig(t), gwlbsim.Config{})
 	client, server := hosts(t, l.sim.AddTenant(0x0123456789abcdef, 0xe1))
 	serveHTTP(t, server, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "alive") }))
 	r := rand.New(rand.NewPCG(7, 7))
@@ -379,7 +379,7 @@ func TestSimMalformedFloodLeavesFlowdogServing(t *testing.T) {
 }
 
 func TestSimDrainServesExistingFlows(t *testing.T) {
-	cfg := testConfig(t)
+	cfg := fastConfig(t)
 	cfg.Shutdown.Drain = config.Duration(2 * time.Second)
 	d, sigterm, done, _ := startDaemon(t, cfg)
 	gw, _ := gwlbsim.FreeLoopbackAddr()

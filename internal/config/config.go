@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,56 @@ type Config struct {
 	Health   Health   `yaml:"health"`
 	Admin    Admin    `yaml:"admin"`
 	Shutdown Shutdown `yaml:"shutdown"`
+
+	StateDir     string              `yaml:"state_dir"`
+	CA           CA                  `yaml:"ca"`
+	TLS          TLS                 `yaml:"tls"`
+	Proxy        Proxy               `yaml:"proxy"`
+	Netstack     Netstack            `yaml:"netstack"`
+	Interceptors []InterceptorConfig `yaml:"interceptors"`
+}
+
+// CA configures the certificate authority of TLS interception.
+type CA struct {
+	CertFile             string   `yaml:"cert_file"`
+	KeyFile              string   `yaml:"key_file"`
+	IntermediateLifetime Duration `yaml:"intermediate_lifetime"`
+	LeafLifetime         Duration `yaml:"leaf_lifetime"`
+	LeafCache            int      `yaml:"leaf_cache"`
+}
+
+// TLS configures what is intercepted and how servers are verified.
+type TLS struct {
+	PassthroughSNI          []string `yaml:"passthrough_sni"`
+	PassthroughDestinations []string `yaml:"passthrough_destinations"`
+	AutoPassthrough         bool     `yaml:"auto_passthrough"`
+	AutoPassthroughTTL      Duration `yaml:"auto_passthrough_ttl"`
+	UpstreamCAFile          string   `yaml:"upstream_ca_file"`
+	InsecureSkipVerify      bool     `yaml:"insecure_skip_verify"`
+}
+
+// Proxy holds the proxy's timeouts and limits.
+type Proxy struct {
+	DialTimeout           Duration `yaml:"dial_timeout"`
+	TLSHandshakeTimeout   Duration `yaml:"tls_handshake_timeout"`
+	HeaderTimeout         Duration `yaml:"header_timeout"`
+	ResponseHeaderTimeout Duration `yaml:"response_header_timeout"`
+	IdleTimeout           Duration `yaml:"idle_timeout"`
+	SniffTimeout          Duration `yaml:"sniff_timeout"`
+	MaxWebSocketMessage   int64    `yaml:"max_websocket_message"`
+}
+
+// Netstack configures the per-tenant userspace TCP/IP stacks.
+type Netstack struct {
+	MTU         int      `yaml:"mtu"`
+	TenantIdle  Duration `yaml:"tenant_idle"`
+	MaxInFlight int      `yaml:"max_in_flight"`
+}
+
+// InterceptorConfig names one compiled-in interceptor and its configuration.
+type InterceptorConfig struct {
+	Name   string    `yaml:"name"`
+	Config yaml.Node `yaml:"config"`
 }
 
 // Log configures log/slog output.
@@ -266,7 +317,75 @@ func (c *Config) Validate() error {
 	if d := c.Shutdown.Drain.D(); d < 0 {
 		return fieldErr("shutdown.drain", "%s is negative", d)
 	}
+	return c.validateInterception()
+}
+
+func (c *Config) validateInterception() error {
+	if c.StateDir == "" {
+		return fieldErr("state_dir", "is empty; flowdog keeps its local CA there")
+	}
+	if (c.CA.CertFile == "") != (c.CA.KeyFile == "") {
+		return fieldErr("ca.cert_file", "ca.cert_file and ca.key_file go together (both set, or both empty for the generated CA)")
+	}
+	positive := []struct {
+		field string
+		d     Duration
+	}{
+		{"ca.intermediate_lifetime", c.CA.IntermediateLifetime}, {"ca.leaf_lifetime", c.CA.LeafLifetime},
+		{"tls.auto_passthrough_ttl", c.TLS.AutoPassthroughTTL}, {"proxy.dial_timeout", c.Proxy.DialTimeout},
+		{"proxy.tls_handshake_timeout", c.Proxy.TLSHandshakeTimeout}, {"proxy.header_timeout", c.Proxy.HeaderTimeout},
+		{"proxy.response_header_timeout", c.Proxy.ResponseHeaderTimeout}, {"proxy.idle_timeout", c.Proxy.IdleTimeout},
+		{"proxy.sniff_timeout", c.Proxy.SniffTimeout}, {"netstack.tenant_idle", c.Netstack.TenantIdle},
+	}
+	for _, p := range positive {
+		if p.d.D() <= 0 {
+			return fieldErr(p.field, "%s must be positive", p.d.D())
+		}
+	}
+	if c.CA.IntermediateLifetime.D() < time.Hour {
+		return fieldErr("ca.intermediate_lifetime", "%s is shorter than an hour", c.CA.IntermediateLifetime.D())
+	}
+	if c.CA.LeafCache < 1 {
+		return fieldErr("ca.leaf_cache", "%d must be at least 1", c.CA.LeafCache)
+	}
+	for i, s := range c.TLS.PassthroughSNI {
+		if _, err := path.Match(strings.ToLower(s), ""); err != nil || s == "" {
+			return fieldErr(fmt.Sprintf("tls.passthrough_sni[%d]", i), "%q is not a glob such as *.example.com", s)
+		}
+	}
+	for i, s := range c.TLS.PassthroughDestinations {
+		if _, err := ParsePrefix(s); err != nil {
+			return &FieldError{fmt.Sprintf("tls.passthrough_destinations[%d]", i), err}
+		}
+	}
+	if c.Proxy.MaxWebSocketMessage < 1024 {
+		return fieldErr("proxy.max_websocket_message", "%d is below 1024 bytes", c.Proxy.MaxWebSocketMessage)
+	}
+	if c.Netstack.MTU < 1280 || c.Netstack.MTU > 8500 {
+		return fieldErr("netstack.mtu", "%d is outside 1280 (IPv6's minimum) to 8500 (GWLB's maximum)", c.Netstack.MTU)
+	}
+	if c.Netstack.MaxInFlight < 1 {
+		return fieldErr("netstack.max_in_flight", "%d must be at least 1", c.Netstack.MaxInFlight)
+	}
+	for i, ic := range c.Interceptors {
+		if ic.Name == "" {
+			return fieldErr(fmt.Sprintf("interceptors[%d].name", i), "is empty")
+		}
+	}
 	return nil
+}
+
+// Intercepts reports whether any policy verdict can be intercept.
+func (c *Config) Intercepts() bool {
+	if c.Policy.Default == string(ActionIntercept) {
+		return true
+	}
+	for _, r := range c.Policy.Rules {
+		if r.Action == string(ActionIntercept) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseListen parses "host:port" where an empty host means all IPv4 addresses.
