@@ -26,10 +26,10 @@ var _ Sender = (*gwlb.Datapath)(nil)
 type Conn struct {
 	Flow   *gwlb.Flow
 	Tenant packet.Tenant
-	// Client is the client's leg; flowdog plays the server (a *gonet.TCPConn).
+	// Client is the client's leg; flowdog plays the server (a *TCPConn).
 	Client net.Conn
 	// Upstream is the server's leg, dialled from the client's address and
-	// port (a *gonet.TCPConn).
+	// port (a *TCPConn).
 	Upstream   net.Conn
 	ClientAddr netip.AddrPort
 	ServerAddr netip.AddrPort

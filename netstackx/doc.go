@@ -23,7 +23,7 @@
 // interception stays transparent: a refused upstream port gets the client a
 // RST, a silent upstream leaves the client without an answer, and only a
 // connected upstream gets the client a SYN-ACK. The Handler then receives
-// both legs as net.Conns (*gonet.TCPConn).
+// both legs as net.Conns (*TCPConn, which can also be reset).
 //
 // Every packet a stack emits is matched to its flow by its 5-tuple and sent
 // back to GWLB in that flow's latest envelope through the Sender (the gwlb

@@ -91,8 +91,8 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 	c := &Conn{
 		Flow:       f,
 		Tenant:     t.id,
-		Client:     gonet.NewTCPConn(&wq, ep),
-		Upstream:   up,
+		Client:     &TCPConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep},
+		Upstream:   &TCPConn{TCPConn: up, ep: upEP},
 		ClientAddr: client,
 		ServerAddr: server,
 	}
@@ -117,6 +117,20 @@ func (t *tenant) serve(c *Conn, log *slog.Logger) {
 		c.Upstream.Close()
 	}()
 	t.e.h(t.e.ctx, c)
+}
+
+// TCPConn is a leg of an intercepted connection: a gonet.TCPConn that can
+// also be reset, so that a failure looks to the peer as it would have
+// without flowdog (a RST, not a FIN).
+type TCPConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+// Reset closes the connection abortively: the peer gets a RST.
+func (c *TCPConn) Reset() error {
+	c.ep.Abort()
+	return c.TCPConn.Close()
 }
 
 // tcpipError carries a gVisor error so callers can tell refusals from

@@ -240,12 +240,12 @@ func splice(transform func([]byte)) Handler {
 		errc := make(chan error, 2)
 		go func() {
 			_, err := io.Copy(c.Upstream, transformReader{c.Client, transform})
-			c.Upstream.(*gonet.TCPConn).CloseWrite()
+			c.Upstream.(*TCPConn).CloseWrite()
 			errc <- err
 		}()
 		go func() {
 			_, err := io.Copy(c.Client, c.Upstream)
-			c.Client.(*gonet.TCPConn).CloseWrite()
+			c.Client.(*TCPConn).CloseWrite()
 			errc <- err
 		}()
 		for range 2 {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -215,29 +216,45 @@ func (b *bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
 // CloseWrite half-closes when the underlying connection can.
 func (b *bufConn) CloseWrite() error { return closeWrite(b.Conn) }
 
+// peekAtLeast returns at least n buffered bytes, waiting briefly for them:
+// sniffing must never block on a client that sent a short first segment.
+func (b *bufConn) peekAtLeast(n int) []byte {
+	if b.br.Buffered() < n {
+		b.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b.br.Peek(n)
+		b.Conn.SetReadDeadline(time.Time{})
+	}
+	h, _ := b.br.Peek(b.br.Buffered())
+	return h
+}
+
 func (b *bufConn) looksTLS() bool {
-	h, err := b.br.Peek(3)
+	h := b.peekAtLeast(3)
 	// A handshake record (22) of TLS 1.0-1.3 (major version 3).
-	return err == nil && h[0] == 0x16 && h[1] == 3
+	return len(h) >= 3 && h[0] == 0x16 && h[1] == 3
 }
 
 var methods = []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "}
 
 func (b *bufConn) looksHTTP() bool {
-	for _, m := range methods {
-		h, err := b.br.Peek(len(m))
-		if err == nil && string(h) == m {
-			return true
+	for n := 1; n <= 8; n++ {
+		h := b.peekAtLeast(n)
+		if len(h) < n {
+			return false // the client stopped short of a method
 		}
-		if err != nil && len(h) > 0 && string(h) == m[:len(h)] {
-			// Fewer bytes than the method so far: wait for a few more.
-			b.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-			h, err = b.br.Peek(len(m))
-			b.Conn.SetReadDeadline(time.Time{})
-			if err == nil && string(h) == m {
+		prefix := false
+		for _, m := range methods {
+			if len(h) >= len(m) && string(h[:len(m)]) == m {
 				return true
 			}
+			if len(h) < len(m) && strings.HasPrefix(m, string(h)) {
+				prefix = true
+			}
 		}
+		if !prefix {
+			return false
+		}
+		n = len(h)
 	}
 	return false
 }
@@ -251,8 +268,16 @@ func closeWrite(c net.Conn) error {
 
 // reset closes c abortively (a TCP RST) when the connection supports it.
 func reset(c net.Conn) {
-	if b, ok := c.(*bufConn); ok {
-		c = b.Conn
+	for {
+		if b, ok := c.(*bufConn); ok {
+			c = b.Conn
+			continue
+		}
+		if w, ok := c.(*watchConn); ok {
+			c = w.Conn
+			continue
+		}
+		break
 	}
 	if r, ok := c.(interface{ Reset() error }); ok {
 		_ = r.Reset()

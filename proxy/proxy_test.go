@@ -545,3 +545,30 @@ func TestLargeBodyIsStreamedWithBoundedMemory(t *testing.T) {
 		t.Errorf("heap in use peaked at %d MiB while streaming 200 MiB: the body is being buffered", p>>20)
 	}
 }
+
+func TestRawUpstreamResetResetsClient(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		b := make([]byte, 16)
+		c.Read(b)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // RST
+	}()
+	r := newRig(t, ln.Addr().String(), Options{})
+	c, err := net.Dial("tcp", r.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "\x00raw")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.ReadAll(c)
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("client read %v, want a connection reset mirrored from the server", err)
+	}
+}

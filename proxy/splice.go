@@ -23,9 +23,10 @@ func (c *conn) splice(client, upstream net.Conn) {
 		if err == nil {
 			err = closeWrite(dst)
 		} else {
-			// A failed direction (or a hook's error) ends the connection.
-			client.Close()
-			upstream.Close()
+			// A failed direction (a reset, or a hook's error) ends the
+			// connection the way the server would have: with a RST.
+			reset(client)
+			reset(upstream)
 		}
 		errc <- err
 	}
