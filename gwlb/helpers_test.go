@@ -5,8 +5,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,26 +12,11 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowdog/flowdog/gwlb/packet"
+	"github.com/flowdog/flowdog/internal/testutil"
 )
-
-// needRaw skips outside CI when raw sockets are not allowed; in CI (root)
-// their absence is a failure, never a silent skip.
-func needRaw(t testing.TB) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-	if err == nil {
-		unix.Close(fd)
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("raw sockets are required in CI: %v", err)
-	}
-	t.Skipf("needs CAP_NET_RAW (run as root): %v", err)
-}
 
 var tenantA = packet.Tenant{EndpointID: 0x0123456789abcdef, AttachmentID: 0x1111}
 var tenantB = packet.Tenant{EndpointID: 0x0fedcba987654321, AttachmentID: 0x2222}
@@ -207,60 +190,15 @@ func startDatapath(t testing.TB, opts Options) *testDP {
 	return td
 }
 
-// metric returns the value of the named metric whose labels include want ("k=v,k=v").
+// metric returns the sum of the named metric over series whose labels include want ("k=v,k=v").
 func (td *testDP) metric(t testing.TB, name, want string) float64 {
-	t.Helper()
-	mfs, err := td.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var total float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m, want) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				total += m.Counter.GetValue()
-			case m.Gauge != nil:
-				total += m.Gauge.GetValue()
-			}
-		}
-	}
-	return total
+	return testutil.Metric(t, td.reg, name, want)
 }
 
-func labelsMatch(m *dto.Metric, want string) bool {
-	if want == "" {
-		return true
-	}
-	for _, kv := range strings.Split(want, ",") {
-		k, v, _ := strings.Cut(kv, "=")
-		ok := false
-		for _, lp := range m.GetLabel() {
-			if lp.GetName() == k && lp.GetValue() == v {
-				ok = true
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
+func needRaw(t testing.TB) { testutil.NeedRaw(t) }
 
 // eventually polls cond for up to 5 s.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, what, cond)
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,11 +17,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 
 	"github.com/flowdog/flowdog/gwlb"
 	"github.com/flowdog/flowdog/gwlbsim"
+	"github.com/flowdog/flowdog/internal/testutil"
 )
 
 var (
@@ -31,21 +30,6 @@ var (
 	serverV4 = netip.MustParseAddr("198.51.100.10")
 	serverV6 = netip.MustParseAddr("2001:db8::10")
 )
-
-// needRaw skips outside CI when raw sockets (the data path's reply path)
-// are not allowed; in CI their absence is a failure, never a silent skip.
-func needRaw(t testing.TB) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-	if err == nil {
-		unix.Close(fd)
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("raw sockets are required in CI: %v", err)
-	}
-	t.Skipf("needs CAP_NET_RAW for gwlb's reply socket (run as root, or set CI to make this a failure): %v", err)
-}
 
 // lab is a real gwlb.Datapath with an Engine as its InterceptHandler,
 // behind a simulated GWLB.
@@ -183,52 +167,14 @@ func (l *lab) metric(name, labels string) float64 {
 }
 
 func gather(t testing.TB, reg *prometheus.Registry, name, labels string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels) {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return testutil.Metric(t, reg, name, labels)
 }
 
-func hasLabels(m *dto.Metric, want string) bool {
-	if want == "" {
-		return true
-	}
-	for _, kv := range strings.Split(want, ",") {
-		k, v, _ := strings.Cut(kv, "=")
-		found := false
-		for _, lp := range m.GetLabel() {
-			found = found || lp.GetName() == k && lp.GetValue() == v
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
+func needRaw(t testing.TB) { testutil.NeedRaw(t) }
 
-// eventually polls cond until it holds or d passes.
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, d, what, cond)
 }
 
 // splice is the tests' Handler: it copies both ways with half-close,

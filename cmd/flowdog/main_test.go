@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/flowdog/flowdog/internal/config"
+	"github.com/flowdog/flowdog/internal/testutil"
 )
 
 func runMain(args ...string) (code int, stdout, stderr string) {
@@ -80,19 +79,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func needRaw(t testing.TB) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-	if err == nil {
-		unix.Close(fd)
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("raw sockets are required in CI: %v", err)
-	}
-	t.Skipf("needs CAP_NET_RAW (run as root): %v", err)
-}
-
 // testConfig is the defaults on loopback with ephemeral ports.
 func testConfig(t testing.TB) *config.Config {
 	c := config.Default()
@@ -120,7 +106,7 @@ func fastConfig(t testing.TB) *config.Config {
 // The returned channel is closed when run returns; *errp holds its error.
 func startDaemon(t testing.TB, cfg *config.Config) (d *daemon, cancel context.CancelFunc, done <-chan struct{}, errp *error) {
 	t.Helper()
-	needRaw(t)
+	testutil.NeedRaw(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan *daemon, 1)
 	exited := make(chan struct{})

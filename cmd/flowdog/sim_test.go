@@ -16,10 +16,9 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/flowdog/flowdog/gwlbsim"
 	"github.com/flowdog/flowdog/internal/config"
+	"github.com/flowdog/flowdog/internal/testutil"
 )
 
 var (
@@ -64,40 +63,7 @@ func (l *lab) noViolations(t *testing.T) {
 }
 
 func (l *lab) metric(t *testing.T, name, labels string) float64 {
-	t.Helper()
-	mfs, err := l.d.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels) {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func hasLabels(m *dto.Metric, want string) bool {
-	if want == "" {
-		return true
-	}
-	for _, kv := range strings.Split(want, ",") {
-		k, v, _ := strings.Cut(kv, "=")
-		found := false
-		for _, lp := range m.GetLabel() {
-			found = found || lp.GetName() == k && lp.GetValue() == v
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
+	return testutil.Metric(t, l.d.reg, name, labels)
 }
 
 // hosts adds a client and a server host to tenant.

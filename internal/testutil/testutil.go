@@ -1,0 +1,81 @@
+// Package testutil holds what flowdog's tests share: the raw-socket gate,
+// reading Prometheus metrics, and polling for a condition.
+package testutil
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+)
+
+// NeedRaw skips the test outside CI when raw sockets (the data path's reply
+// path) are not allowed; in CI (CI set) their absence fails the test, so a
+// skipped test never counts as passing there.
+func NeedRaw(t testing.TB) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if err == nil {
+		unix.Close(fd)
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("raw sockets are required in CI: %v", err)
+	}
+	t.Skipf("needs CAP_NET_RAW (run as root, or set CI to make this a failure): %v", err)
+}
+
+// Metric sums the counters and gauges called name in reg whose labels
+// include every "k=v" of labels (comma-separated; "" matches all).
+func Metric(t testing.TB, reg prometheus.Gatherer, name, labels string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if hasLabels(m, labels) {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func hasLabels(m *dto.Metric, want string) bool {
+	if want == "" {
+		return true
+	}
+	for _, kv := range strings.Split(want, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		found := false
+		for _, lp := range m.GetLabel() {
+			found = found || lp.GetName() == k && lp.GetValue() == v
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// Eventually polls cond every 10 ms until it holds, failing the test after d.
+func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
