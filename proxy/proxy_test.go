@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/flowdog/flowdog/interceptors"
+	"github.com/flowdog/flowdog/internal/testutil"
 )
 
 // tagHooks adds a header both ways, like geneve_headers.
@@ -515,33 +515,18 @@ func TestLargeBodyIsStreamedWithBoundedMemory(t *testing.T) {
 		}
 	}), true)
 	r := newRig(t, srv.Listener.Addr().String(), Options{UpstreamRoots: pool})
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	go func() {
-		var ms runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-		}
-	}()
+	heapPeak := testutil.HeapPeak()
 	resp, err := r.client(true, "example.com").Get("https://example.com/big")
 	if err != nil {
 		t.Fatal(err)
 	}
 	n, err := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	close(stop)
+	peak := heapPeak()
 	if err != nil || n != size {
 		t.Fatalf("read %d bytes, %v", n, err)
 	}
-	if p := peak.Load(); p > 96<<20 {
+	if p := peak; p > 96<<20 {
 		t.Errorf("heap in use peaked at %d MiB while streaming 200 MiB: the body is being buffered", p>>20)
 	}
 }

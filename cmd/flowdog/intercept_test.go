@@ -19,10 +19,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +32,7 @@ import (
 	"github.com/flowdog/flowdog/gwlbsim"
 	"github.com/flowdog/flowdog/interceptors"
 	"github.com/flowdog/flowdog/internal/config"
+	"github.com/flowdog/flowdog/internal/testutil"
 )
 
 // Test interceptors, compiled into the test binary only.
@@ -490,23 +489,7 @@ func TestIntercept200MBStreamedWithBoundedMemory(t *testing.T) {
 			}
 		}
 	}))
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		var ms runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-		}
-	})
+	heapPeak := testutil.HeapPeak()
 	resp, err := l.httpsClient(client, true, false).Get("https://" + serverName + "/big")
 	if err != nil {
 		t.Fatal(err)
@@ -514,8 +497,7 @@ func TestIntercept200MBStreamedWithBoundedMemory(t *testing.T) {
 	h := sha256.New()
 	n, err := io.Copy(h, resp.Body)
 	resp.Body.Close()
-	close(stop)
-	wg.Wait()
+	peak := heapPeak()
 	if err != nil || n != size {
 		t.Fatalf("got %d bytes: %v", n, err)
 	}
@@ -528,7 +510,7 @@ func TestIntercept200MBStreamedWithBoundedMemory(t *testing.T) {
 	}
 	// Client, server, simulator and flowdog share this process: the bound
 	// is loose, but a buffered body would blow through it.
-	if p := peak.Load(); p > 160<<20 {
+	if p := peak; p > 160<<20 {
 		t.Errorf("heap in use peaked at %d MiB while streaming 200 MiB", p>>20)
 	}
 	l.noViolations(t)
