@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -219,7 +220,7 @@ func decode(b []byte, base *Config) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s", strings.ReplaceAll(err.Error(), "\n ", ""))
+		return nil, errors.New(yamlError(err))
 	}
 	// A second document would be silently ignored otherwise.
 	var extra any
@@ -227,6 +228,31 @@ func decode(b []byte, base *Config) (*Config, error) {
 		return nil, errors.New("more than one YAML document")
 	}
 	return c, nil
+}
+
+// sections maps the Go types of the configuration to where they sit in the
+// file, so that yaml's "field x not found in type config.GWLB" can say
+// "gwlb.x".
+var sections = map[string]string{
+	"config.Config": "", "config.Log": "log.", "config.GWLB": "gwlb.", "config.Flows": "flows.",
+	"config.Policy": "policy.", "config.Rule": "policy.rules[].", "config.Health": "health.",
+	"config.Admin": "admin.", "config.Shutdown": "shutdown.", "config.CA": "ca.", "config.TLS": "tls.",
+	"config.Proxy": "proxy.", "config.Netstack": "netstack.", "config.InterceptorConfig": "interceptors[].",
+}
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
+
+// yamlError rewrites yaml.v3's errors to name fields by their path.
+func yamlError(err error) string {
+	msg := strings.ReplaceAll(err.Error(), "\n ", "")
+	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:")
+	return strings.TrimSpace(unknownField.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := unknownField.FindStringSubmatch(m)
+		if prefix, ok := sections[sub[2]]; ok {
+			return prefix + sub[1] + ": unknown field"
+		}
+		return m
+	}))
 }
 
 // FieldError names the field at fault.

@@ -53,8 +53,9 @@ func TestBadConfigNamesFieldAndProblem(t *testing.T) {
 		name, yaml string
 		want       []string // substrings of the error
 	}{
-		{"unknown key", "gwlb:\n  listn: x\n", []string{"listn", "line 2"}},
-		{"unknown section", "nope: 1\n", []string{"nope"}},
+		{"unknown key", "gwlb:\n  listn: x\n", []string{"gwlb.listn: unknown field", "line 2"}},
+		{"unknown section", "nope: 1\n", []string{"nope: unknown field"}},
+		{"unknown rule key", "policy:\n  rules:\n    - action: drop\n      port: [\"1\"]\n", []string{"policy.rules[].port: unknown field", "line 4"}},
 		{"wrong type", "gwlb:\n  workers: many\n", []string{"line 2", "many"}},
 		{"bad duration", "flows:\n  idle_timeout: soon\n", []string{"line 2", "soon"}},
 		{"timeout range", "flows:\n  tcp_idle_timeout: 2h\n", []string{"flows.tcp_idle_timeout", "6000s"}},
