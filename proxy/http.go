@@ -73,6 +73,7 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.errorHandler,
 		FlushInterval:  -1, // stream: flowdog never holds response bytes back
+		BufferPool:     copyBuffers,
 		ErrorLog:       discardLog,
 	}
 	hs.Handler = h
@@ -277,3 +278,18 @@ func (l *oneConnListener) Accept() (net.Conn, error) {
 func (l *oneConnListener) done()          { l.close.Do(func() { close(l.closed) }) }
 func (l *oneConnListener) Close() error   { l.done(); return nil }
 func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
+
+// copyBuffers lends ReverseProxy its copy buffers instead of a new 32 KiB
+// one per response.
+var copyBuffers = &bufferPool{}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -82,11 +83,12 @@ type ConnInfo struct {
 
 // Proxy serves intercepted connections.
 type Proxy struct {
-	o     Options
-	log   *slog.Logger
-	m     *metrics
-	auto  *autoPassthrough
-	chain *interceptors.Chain
+	o          Options
+	ticketKeys [][32]byte
+	log        *slog.Logger
+	m          *metrics
+	auto       *autoPassthrough
+	chain      *interceptors.Chain
 }
 
 // New returns a Proxy.
@@ -99,7 +101,12 @@ func New(o Options) (*Proxy, error) {
 		o.Logger.Warn("UPSTREAM TLS CERTIFICATES ARE NOT VERIFIED (tls.insecure_skip_verify): " +
 			"anyone between flowdog and the servers can read and change intercepted traffic")
 	}
-	return &Proxy{o: o, log: o.Logger, m: newMetrics(o.Registerer), auto: newAutoPassthrough(10000), chain: o.Chain}, nil
+	p := &Proxy{o: o, log: o.Logger, m: newMetrics(o.Registerer), auto: newAutoPassthrough(10000), chain: o.Chain}
+	p.ticketKeys = make([][32]byte, 1)
+	if _, err := rand.Read(p.ticketKeys[0][:]); err != nil {
+		return nil, fmt.Errorf("proxy: session ticket key: %w", err)
+	}
+	return p, nil
 }
 
 // Serve handles one connection until either side is done, then closes both.
@@ -147,17 +154,23 @@ func (c *conn) serve() {
 	if err != nil {
 		return
 	}
+	// The upstream leg is never peeked again; the client leg is done once
+	// the protocol is known (TLS peeks the ClientHello in place).
+	c.upstream.doneSniffing()
 	switch {
 	case first == sideUpstream:
 		// The server speaks first (SMTP, SSH banners...): not HTTP, not TLS.
+		c.client.doneSniffing()
 		c.p.m.conns("raw").Inc()
 		c.splice(c.client, c.upstream)
 	case c.client.looksTLS():
 		c.serveTLS()
 	case c.client.looksHTTP():
+		c.client.doneSniffing()
 		c.p.m.conns("http").Inc()
 		c.serveHTTP(c.client, c.upstream, false, "http")
 	default:
+		c.client.doneSniffing()
 		c.p.m.conns("raw").Inc()
 		c.splice(c.client, c.upstream)
 	}
@@ -202,16 +215,32 @@ func (c *conn) sniff() (side, error) {
 	return r.s, nil
 }
 
-// bufConn is a net.Conn whose reads go through a bufio.Reader, so bytes
-// peeked while sniffing are not lost.
+// bufConn is a net.Conn whose reads go through a bufio.Reader while the
+// proxy sniffs, so that peeked bytes are not lost. Once sniffing is over and
+// the buffer is drained, reads go straight to the connection and the buffer
+// is dropped: an idle connection should not hold sniffing buffers.
 type bufConn struct {
 	net.Conn
-	br *bufio.Reader
+	br      *bufio.Reader
+	sniffed bool // set when no more peeking will happen
+	keep    bool // br reads from more than Conn (a replayed ClientHello): never drop it
 }
 
 func newBufConn(c net.Conn) *bufConn { return &bufConn{Conn: c, br: bufio.NewReaderSize(c, 16<<10)} }
 
-func (b *bufConn) Read(p []byte) (int, error) { return b.br.Read(p) }
+func (b *bufConn) Read(p []byte) (int, error) {
+	if b.br == nil {
+		return b.Conn.Read(p)
+	}
+	if b.sniffed && !b.keep && b.br.Buffered() == 0 {
+		b.br = nil
+		return b.Conn.Read(p)
+	}
+	return b.br.Read(p)
+}
+
+// doneSniffing lets the buffer go once drained.
+func (b *bufConn) doneSniffing() { b.sniffed = true }
 
 // CloseWrite half-closes when the underlying connection can.
 func (b *bufConn) CloseWrite() error { return closeWrite(b.Conn) }

@@ -24,21 +24,38 @@ type hello struct {
 
 var errSniffed = errors.New("client hello read")
 
-// readHello parses the ClientHello at the start of c (a bufConn) without
-// consuming it: crypto/tls does the parsing on a tee of the bytes, which
-// are then put back in front of the connection.
+// readHello parses the ClientHello at the start of c without consuming it.
+// Usually the hello is one TLS record and is peeked in place; a hello split
+// over several records is read through a tee and put back in front of the
+// connection.
 func readHello(c *bufConn, timeout time.Duration) (*hello, error) {
-	var rec bytes.Buffer
-	ro := &readOnlyConn{r: io.TeeReader(c.br, &rec), Conn: c.Conn}
-	var h *hello
 	c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	if hdr, err := c.br.Peek(5); err == nil {
+		if n := 5 + int(hdr[3])<<8 | int(hdr[4]); n <= c.br.Size() {
+			if rec, err := c.br.Peek(n); err == nil {
+				if h, err := parseHello(&readOnlyConn{r: bytes.NewReader(rec), Conn: c.Conn}); h != nil || !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+					return h, err
+				}
+			}
+		}
+	}
+	var rec bytes.Buffer
+	h, err := parseHello(&readOnlyConn{r: io.TeeReader(c.br, &rec), Conn: c.Conn})
+	// Replay what crypto/tls consumed, then the rest.
+	c.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(rec.Bytes()), c.br), 4<<10)
+	c.keep = true
+	return h, err
+}
+
+// parseHello runs crypto/tls's server handshake just far enough to see the
+// ClientHello.
+func parseHello(ro *readOnlyConn) (*hello, error) {
+	var h *hello
 	err := tls.Server(ro, &tls.Config{GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 		h = &hello{SNI: strings.ToLower(chi.ServerName), ALPN: slices.Clone(chi.SupportedProtos)}
 		return nil, errSniffed
 	}}).Handshake()
-	c.Conn.SetReadDeadline(time.Time{})
-	// Replay what crypto/tls consumed, then the rest.
-	c.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(rec.Bytes()), c.br), 16<<10)
 	if h == nil {
 		return nil, err
 	}
@@ -58,11 +75,13 @@ func (c *conn) serveTLS() {
 	h, err := readHello(c.client, c.p.o.TLSHandshakeTimeout)
 	if err != nil {
 		// Not a ClientHello crypto/tls can read: pass it on untouched.
+		c.client.doneSniffing()
 		c.log.Debug("unreadable ClientHello; splicing", "err", err)
 		c.p.m.conns("tls_unparsed").Inc()
 		c.splice(c.client, c.upstream)
 		return
 	}
+	c.client.doneSniffing()
 	c.flow.SNI = h.SNI
 	c.log = c.log.With("sni", h.SNI)
 	if why := c.passthroughReason(h); why != "" {
@@ -162,10 +181,13 @@ func (c *conn) interceptTLS(h *hello) {
 		reset(c.client)
 		return
 	}
-	down := tls.Server(c.client, &tls.Config{
+	dcfg := &tls.Config{
 		Certificates: []tls.Certificate{*cert},
 		NextProtos:   clientALPN(us.NegotiatedProtocol, h.ALPN),
-	})
+	}
+	// One ticket key for all connections, so that clients can resume.
+	dcfg.SetSessionTicketKeys(c.p.ticketKeys)
+	down := tls.Server(c.client, dcfg)
 	hctx, cancel = context.WithTimeout(c.ctx, o.TLSHandshakeTimeout)
 	err = down.HandshakeContext(hctx)
 	cancel()
@@ -195,7 +217,9 @@ func (c *conn) interceptTLS(h *hello) {
 	case us.NegotiatedProtocol == "" || us.NegotiatedProtocol == "http/1.1":
 		// No ALPN: HTTP/1.1 if it looks like it, else decrypted bytes.
 		b := newBufConn(downC)
-		if b.looksHTTP() {
+		isHTTP := b.looksHTTP()
+		b.doneSniffing()
+		if isHTTP {
 			c.serveHTTP(b, upC, false, us.NegotiatedProtocol)
 			return
 		}

@@ -32,7 +32,7 @@ type h1Upstream struct {
 }
 
 func newH1Upstream(c net.Conn, headerTimeout time.Duration, onDead func()) *h1Upstream {
-	return &h1Upstream{conn: c, br: bufio.NewReaderSize(c, 32<<10), sem: make(chan struct{}, 1),
+	return &h1Upstream{conn: c, br: bufio.NewReaderSize(c, 4<<10), sem: make(chan struct{}, 1),
 		timeout: headerTimeout, onDead: onDead}
 }
 
@@ -85,16 +85,23 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Trailer = req.Trailer // filled in when the body ends
 		out.Body = &gatedBody{rc: req.Body, gate: gate}
 	}
+	// A client gone mid-request ends the upstream connection too, which
+	// also unblocks a write stuck on a full window.
+	stop := context.AfterFunc(req.Context(), u.kill)
+	defer stop()
 	werr := make(chan error, 1)
-	go func() {
+	write := func() {
 		err := out.Write(u.conn)
 		if err != nil {
 			u.kill()
 		}
 		werr <- err
-	}()
-	stop := context.AfterFunc(req.Context(), u.kill) // a client gone mid-request ends the upstream too
-	defer stop()
+	}
+	if !expect && (out.Body == nil || out.Body == http.NoBody) {
+		write() // nothing to stream: no goroutine needed
+	} else {
+		go write() // the body streams while the response may already come
+	}
 
 	u.conn.SetReadDeadline(time.Now().Add(u.timeout))
 	var resp *http.Response
