@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +19,7 @@ import (
 	"github.com/flowdog/flowdog/gwlb"
 	"github.com/flowdog/flowdog/interceptors"
 	"github.com/flowdog/flowdog/internal/config"
+	"github.com/flowdog/flowdog/kmssigner"
 	"github.com/flowdog/flowdog/netstackx"
 	"github.com/flowdog/flowdog/proxy"
 )
@@ -33,7 +37,7 @@ type interception struct {
 // newInterception builds everything INTERCEPT needs. It fails at start-up,
 // naming what is wrong, rather than at the first intercepted flow.
 func newInterception(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*interception, error) {
-	root, err := loadRoot(cfg, log)
+	root, err := loadRoot(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -151,9 +155,24 @@ func (a *chainAcceptor) Accept(f *gwlb.Flow, done func(gwlb.Verdict)) {
 	}()
 }
 
-func loadRoot(cfg *config.Config, log *slog.Logger) (*ca.Root, error) {
-	if cfg.CA.CertFile != "" {
-		root, err := ca.LoadPEM(cfg.CA.CertFile, cfg.CA.KeyFile)
+func loadRoot(ctx context.Context, cfg *config.Config, log *slog.Logger) (*ca.Root, error) {
+	switch {
+	case cfg.CA.KMSKeyID != "":
+		return loadKMSRoot(ctx, cfg, log)
+	case cfg.CA.KeyFile != "":
+		certFile := cfg.CA.CertFile
+		if cfg.CA.CertPEM != "" {
+			// LoadPEM reads files; an inline certificate goes through a temp file.
+			f, err := os.CreateTemp("", "flowdog-root-*.pem")
+			if err != nil {
+				return nil, err
+			}
+			defer os.Remove(f.Name())
+			f.WriteString(cfg.CA.CertPEM)
+			f.Close()
+			certFile = f.Name()
+		}
+		root, err := ca.LoadPEM(certFile, cfg.CA.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("ca.cert_file/ca.key_file: %w", err)
 		}
@@ -171,6 +190,53 @@ func loadRoot(cfg *config.Config, log *slog.Logger) (*ca.Root, error) {
 	log.Info("root CA "+verb+"; install this certificate in clients' trust stores",
 		"cert", ca.RootCertPath(cfg.StateDir), "subject", root.Cert.Subject.String())
 	return root, nil
+}
+
+// loadKMSRoot pairs the configured root certificate with its KMS key,
+// refusing a certificate whose public key is not the key's.
+func loadKMSRoot(ctx context.Context, cfg *config.Config, log *slog.Logger) (*ca.Root, error) {
+	cert, src, err := rootCert(cfg)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := kmssigner.NewFromEnv(ctx, cfg.CA.KMSKeyID, kmssigner.Options{Timeout: cfg.CA.KMSTimeout.D()})
+	if err != nil {
+		return nil, fmt.Errorf("ca.kms_key_id: %w", err)
+	}
+	pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("ca: the root certificate %s (%s, sha256 %X) was not made for KMS key %s (%s, %s): "+
+			"its public keys differ; make the certificate with `flowdog ca init --kms-key-id %s`",
+			src, cert.Subject, sha256.Sum256(cert.Raw), cfg.CA.KMSKeyID, signer.KeyARN(), signer.KeySpec(), cfg.CA.KMSKeyID)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("ca: the root certificate %s is not a CA certificate", src)
+	}
+	log.Info("root CA key in AWS KMS", "key", signer.KeyARN(), "spec", signer.KeySpec(), "region", signer.Region(),
+		"cert", src, "subject", cert.Subject.String())
+	return &ca.Root{Cert: cert, Signer: signer}, nil
+}
+
+// rootCert reads the configured root certificate (file or inline PEM).
+func rootCert(cfg *config.Config) (*x509.Certificate, string, error) {
+	src, data := "ca.cert_pem", []byte(cfg.CA.CertPEM)
+	if cfg.CA.CertFile != "" {
+		src = cfg.CA.CertFile
+		b, err := os.ReadFile(cfg.CA.CertFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("ca.cert_file: %w", err)
+		}
+		data = b
+	}
+	blk, _ := pem.Decode(data)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, "", fmt.Errorf("ca: %s holds no PEM certificate", src)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, "", fmt.Errorf("ca: %s: %w", src, err)
+	}
+	return cert, src, nil
 }
 
 // upstreamRoots is the system roots plus the configured extra bundle.

@@ -18,6 +18,8 @@ Usage:
   flowdog run [flags]        run the daemon (flowdog run -h lists the flags)
   flowdog config default     print the default configuration, commented
   flowdog config check FILE  validate a configuration file
+  flowdog ca init ...        create a root CA certificate (KMS key or local key)
+  flowdog ca show FILE       describe a certificate
   flowdog version            print the version
 `
 
@@ -36,6 +38,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "config":
 		return cmdConfig(args[1:], stdout, stderr)
+	case "ca":
+		return cmdCA(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "flowdog", versionString())
 		return 0

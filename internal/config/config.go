@@ -50,7 +50,10 @@ type Config struct {
 // CA configures the certificate authority of TLS interception.
 type CA struct {
 	CertFile             string   `yaml:"cert_file"`
+	CertPEM              string   `yaml:"cert_pem"`
 	KeyFile              string   `yaml:"key_file"`
+	KMSKeyID             string   `yaml:"kms_key_id"`
+	KMSTimeout           Duration `yaml:"kms_timeout"`
 	IntermediateLifetime Duration `yaml:"intermediate_lifetime"`
 	LeafLifetime         Duration `yaml:"leaf_lifetime"`
 	LeafCache            int      `yaml:"leaf_cache"`
@@ -350,8 +353,23 @@ func (c *Config) validateInterception() error {
 	if c.StateDir == "" {
 		return fieldErr("state_dir", "is empty; flowdog keeps its local CA there")
 	}
-	if (c.CA.CertFile == "") != (c.CA.KeyFile == "") {
-		return fieldErr("ca.cert_file", "ca.cert_file and ca.key_file go together (both set, or both empty for the generated CA)")
+	if c.CA.CertFile != "" && c.CA.CertPEM != "" {
+		return fieldErr("ca.cert_pem", "give the root certificate once: ca.cert_file or ca.cert_pem")
+	}
+	haveCert := c.CA.CertFile != "" || c.CA.CertPEM != ""
+	switch {
+	case c.CA.KMSKeyID != "":
+		if c.CA.KeyFile != "" {
+			return fieldErr("ca.key_file", "must be empty with ca.kms_key_id: the root key stays in KMS")
+		}
+		if !haveCert {
+			return fieldErr("ca.cert_file", "ca.kms_key_id needs the root certificate (ca.cert_file or ca.cert_pem; make it with `flowdog ca init --kms-key-id ...`)")
+		}
+		if c.CA.KMSTimeout.D() <= 0 {
+			return fieldErr("ca.kms_timeout", "%s must be positive", c.CA.KMSTimeout.D())
+		}
+	case haveCert != (c.CA.KeyFile != ""):
+		return fieldErr("ca.cert_file", "a root certificate and ca.key_file go together (both set, both empty for the generated CA, or ca.kms_key_id instead of ca.key_file)")
 	}
 	positive := []struct {
 		field string
