@@ -32,7 +32,7 @@ func readHello(c *bufConn, timeout time.Duration) (*hello, error) {
 	c.Conn.SetReadDeadline(time.Now().Add(timeout))
 	defer c.Conn.SetReadDeadline(time.Time{})
 	if hdr, err := c.br.Peek(5); err == nil {
-		if n := 5 + int(hdr[3])<<8 | int(hdr[4]); n <= c.br.Size() {
+		if n := 5 + (int(hdr[3])<<8 | int(hdr[4])); n <= c.br.Size() {
 			if rec, err := c.br.Peek(n); err == nil {
 				if h, err := parseHello(&readOnlyConn{r: bytes.NewReader(rec), Conn: c.Conn}); h != nil || !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 					return h, err
