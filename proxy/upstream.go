@@ -23,7 +23,7 @@ var errUpstreamGone = errors.New("upstream connection closed")
 // connection (an HTTP/2 client's streams queue here).
 type h1Upstream struct {
 	conn    net.Conn
-	br      *bufio.Reader
+	br      *bufio.Reader // borrowed from readers while a response is read; nil when idle
 	sem     chan struct{} // held from request write until the response body ends
 	mu      sync.Mutex
 	dead    bool
@@ -32,7 +32,7 @@ type h1Upstream struct {
 }
 
 func newH1Upstream(c net.Conn, headerTimeout time.Duration, onDead func()) *h1Upstream {
-	return &h1Upstream{conn: c, br: bufio.NewReaderSize(c, 4<<10), sem: make(chan struct{}, 1),
+	return &h1Upstream{conn: c, sem: make(chan struct{}, 1),
 		timeout: headerTimeout, onDead: onDead}
 }
 
@@ -103,6 +103,10 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		go write() // the body streams while the response may already come
 	}
 
+	if u.br == nil {
+		u.br = readers.Get().(*bufio.Reader)
+		u.br.Reset(u.conn)
+	}
 	u.conn.SetReadDeadline(time.Now().Add(u.timeout))
 	var resp *http.Response
 	var err error
@@ -168,11 +172,19 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if !reusable {
 			u.kill()
+		} else if u.br.Buffered() == 0 {
+			// An idle connection holds no read buffer.
+			u.br.Reset(nil)
+			readers.Put(u.br)
+			u.br = nil
 		}
 		u.release()
 	}}
 	return resp, nil
 }
+
+// readers lends HTTP/1.1 upstream connections their response readers.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 
 // gatedBody holds the request body until the server says 100 Continue.
 type gatedBody struct {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -24,6 +25,9 @@ func (u *h1Upstream) take(ctx context.Context) (net.Conn, error) {
 	u.dead = true // no more HTTP requests on it
 	u.mu.Unlock()
 	u.release()
+	if u.br == nil {
+		return &bufConn{Conn: u.conn, br: bufio.NewReaderSize(u.conn, 4<<10)}, nil
+	}
 	return &bufConn{Conn: u.conn, br: u.br}, nil
 }
 
