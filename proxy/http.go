@@ -88,6 +88,8 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		return
 	}
 	ln := newOneConnListener(client)
+	// This leg is HTTP/1.1 (ALPN said so): no HTTP/2 server set up per connection.
+	hs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	hs.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateClosed || s == http.StateHijacked {
 			ln.done()
