@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -42,8 +43,10 @@ func (e *Error) Error() string { return "interceptor " + e.ID + ": " + e.Err.Err
 func (e *Error) Unwrap() error { return e.Err }
 
 // NewChain builds, configures, provisions and validates the listed
-// interceptors. On error, every interceptor provisioned so far is cleaned up.
-func NewChain(ctx context.Context, cfgs []Config, log *slog.Logger) (*Chain, error) {
+// interceptors. log and reg (either may be nil) reach them through
+// Provision's Context. On error, every interceptor provisioned so far is
+// cleaned up.
+func NewChain(ctx context.Context, cfgs []Config, log *slog.Logger, reg prometheus.Registerer) (*Chain, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -62,7 +65,7 @@ func NewChain(ctx context.Context, cfgs []Config, log *slog.Logger) (*Chain, err
 		}
 		c.items = append(c.items, item{cfg.Name, v})
 		if p, ok := v.(Provisioner); ok {
-			if err := p.Provision(Context{Context: ctx, Logger: log.With("interceptor", cfg.Name)}); err != nil {
+			if err := p.Provision(Context{Context: ctx, Logger: log.With("interceptor", cfg.Name), Registerer: reg}); err != nil {
 				c.Cleanup()
 				return nil, fmt.Errorf("%s (%s): provision: %w", field, cfg.Name, err)
 			}

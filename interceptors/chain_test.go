@@ -76,7 +76,7 @@ func chain(t *testing.T, docs ...string) (*Chain, error) {
 		}
 		cfgs = append(cfgs, c)
 	}
-	return NewChain(context.Background(), cfgs, nil)
+	return NewChain(context.Background(), cfgs, nil, nil)
 }
 
 func TestChainRunsInOrderAndStopsAtAnAnswer(t *testing.T) {
@@ -154,7 +154,7 @@ func TestNewChainErrorsNameTheField(t *testing.T) {
 		{nil, ""},
 	}
 	for _, c := range cases {
-		_, err := NewChain(context.Background(), c.cfgs, nil)
+		_, err := NewChain(context.Background(), c.cfgs, nil, nil)
 		if c.want == "" {
 			if err != nil {
 				t.Error(err)

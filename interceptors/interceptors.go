@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Flow is what GWLB and the stack know about an intercepted connection.
@@ -125,6 +127,9 @@ type Context struct {
 	context.Context
 	// Logger is tagged with the interceptor's id.
 	Logger *slog.Logger
+	// Registerer takes the interceptor's Prometheus metrics (name them
+	// flowdog_<interceptor>_...); nil when metrics are not collected.
+	Registerer prometheus.Registerer
 }
 
 // Provisioner prepares an interceptor after its configuration is decoded.

@@ -216,7 +216,7 @@ func chainOf(t testing.TB, h *hooks, kinds ...string) *interceptors.Chain {
 	for _, k := range kinds {
 		cfgs = append(cfgs, interceptors.Config{Name: "test_" + k})
 	}
-	c, err := interceptors.NewChain(context.Background(), cfgs, nil)
+	c, err := interceptors.NewChain(context.Background(), cfgs, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

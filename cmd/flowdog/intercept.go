@@ -55,7 +55,7 @@ func newInterception(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 	for i, ic := range cfg.Interceptors {
 		chainCfgs[i] = interceptors.Config{Name: ic.Name, Config: ic.Config}
 	}
-	chain, err := interceptors.NewChain(ctx, chainCfgs, log)
+	chain, err := interceptors.NewChain(ctx, chainCfgs, log, reg)
 	if err != nil {
 		return nil, err
 	}

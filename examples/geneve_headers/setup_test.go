@@ -33,7 +33,7 @@ func TestSetup(t *testing.T) {
 			if err := yaml.Unmarshal([]byte(doc), &cfg); err != nil {
 				t.Fatal(err)
 			}
-			chain, err := interceptors.NewChain(context.Background(), []interceptors.Config{cfg}, nil)
+			chain, err := interceptors.NewChain(context.Background(), []interceptors.Config{cfg}, nil, nil)
 			if c.shouldErr != "" {
 				if err == nil || !strings.Contains(err.Error(), c.shouldErr) {
 					t.Fatalf("error %v, want one containing %q", err, c.shouldErr)
