@@ -89,7 +89,7 @@ func newPKI(t testing.TB) *testPKI {
 	leaf := func(ca *x509.Certificate, caKey *ecdsa.PrivateKey) tls.Certificate {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: serverName},
-			DNSNames: []string{serverName}, IPAddresses: []net.IP{serverV4.AsSlice(), serverV6.AsSlice()},
+			DNSNames: []string{serverName, "www.youtube.com"}, IPAddresses: []net.IP{serverV4.AsSlice(), serverV6.AsSlice()},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)

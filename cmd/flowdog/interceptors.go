@@ -4,5 +4,6 @@ package main
 // (see examples/), add one import line here, rebuild, and list it under
 // `interceptors:` in the configuration.
 import (
+	_ "github.com/flowdog/flowdog/examples/cloudfront_functions"
 	_ "github.com/flowdog/flowdog/examples/geneve_headers"
 )

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+
+	"github.com/flowdog/flowdog/cff"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -20,6 +22,8 @@ Usage:
   flowdog config check FILE  validate a configuration file
   flowdog ca init ...        create a root CA certificate (KMS key or local key)
   flowdog ca show FILE       describe a certificate
+  flowdog cff test ...       run a CloudFront function against an event, as
+                             aws cloudfront test-function does
   flowdog version            print the version
 `
 
@@ -40,6 +44,12 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdConfig(args[1:], stdout, stderr)
 	case "ca":
 		return cmdCA(args[1:], stdout, stderr)
+	case "cff":
+		if len(args) < 2 || args[1] != "test" {
+			fmt.Fprint(stderr, "usage: flowdog cff test --function F.js --runtime cloudfront-js-2.0 --event EVENT.json [--kvs DATA.json]\n")
+			return 2
+		}
+		return cff.TestCommand(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "flowdog", versionString())
 		return 0
