@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 30s
 
-.PHONY: all build run test race bench bench-fastpath fuzz lint clean
+.PHONY: all build run test race bench bench-fastpath bench-intercept fuzz lint clean
 
 all: build
 
@@ -36,7 +36,11 @@ bench:
 bench-fastpath:
 	$(GO) run ./cmd/bench-fastpath -runs 3
 
-FUZZPKGS ?= ./gwlb/packet ./gwlb ./gwlbsim
+# HTTP/HTTPS through flowdog, intercepted vs fast path, in one run.
+bench-intercept:
+	$(GO) run ./cmd/bench-intercept -runs 3
+
+FUZZPKGS ?= ./gwlb/packet ./gwlb ./gwlbsim ./cff
 
 # Every fuzz target of every decoder, FUZZTIME each.
 fuzz:
@@ -52,3 +56,26 @@ lint:
 
 clean:
 	rm -rf $(BIN)
+
+# End to end on real sockets (root): a local VPC of network namespaces with
+# gwlbsim in TUN mode as GWLB, flowdog, nginx and curl. See README and e2e/.
+.PHONY: e2e-bins e2e-up e2e-down e2e demo
+
+e2e-bins: build
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/e2e-servers ./e2e/cmd/e2e-servers
+
+# Build the local VPC and start every daemon in it (idempotent).
+e2e-up: e2e-bins
+	E2E_BIN=$(CURDIR)/$(BIN) e2e/vpc.sh up
+
+# Stop the daemons and remove the namespaces (idempotent).
+e2e-down:
+	e2e/vpc.sh down
+
+# The end-to-end suite; it builds its own binaries and its own VPC.
+e2e:
+	$(GO) test -tags e2e -count=1 -v -timeout 20m ./e2e/
+
+# The local VPC with a few curl requests through flowdog, torn down on exit.
+demo: e2e-bins
+	E2E_BIN=$(CURDIR)/$(BIN) e2e/demo.sh

@@ -1,0 +1,392 @@
+// Command bench-intercept measures what interception costs: the same HTTP
+// and HTTPS traffic through flowdog, once on the fast path (FAST) and once
+// terminated and proxied (INTERCEPT), side by side in one run, reported
+// with their ratio (DESIGN.md, "Testing levels").
+//
+// flowdog runs as a child process with a generated configuration that
+// intercepts TCP ports 80 and 443 and fast-paths every other port. This
+// process runs the GWLB simulator (gwlbsim) with a client host and a server
+// host, both gVisor netstacks; the server host serves the same handler on
+// 80 and 8080 (HTTP) and on 443 and 8443 (HTTPS, certificate from a CA this
+// program creates and flowdog trusts), so FAST and INTERCEPT differ only in
+// the port. Real net/http clients on the client host generate the load.
+// flowdog and this process are pinned to different CPUs, as GWLB and the
+// appliance are different machines.
+//
+// Scenarios: HTTP/1.1 keep-alive requests/s with p50/p99 latency (plain
+// HTTP, and HTTPS: TLS end to end on the fast path, intercepted with
+// flowdog's CA otherwise), new TLS connections/s (handshake and one GET per
+// connection), and flowdog's resident memory per idle intercepted HTTPS
+// connection with -conns open (a fresh flowdog each for FAST and
+// INTERCEPT). BENCHMARKS.md explains how to read the output. It needs root
+// or CAP_NET_RAW (flowdog's raw reply sockets).
+//
+//	go run ./cmd/bench-intercept [-duration 5s] [-clients 8] [-conns 10000] [-runs 1]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+type options struct {
+	flowdogBin       string
+	duration, warmup time.Duration
+	clients          int
+	bodySize         int
+	conns, connPar   int
+	settle           time.Duration
+	runs             int
+	scenarios        map[string]bool
+	pin              bool
+	cpuprofile       string
+	heapprofile      string
+	keep             bool
+
+	tmp         string
+	benchCPU    int   // -1: not pinned
+	flowdogCPUs []int // empty: not pinned
+}
+
+func main() {
+	// SIGINT and SIGTERM cancel ctx: every phase stops, connections close
+	// and flowdog is stopped before the program exits.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-intercept:", err)
+		os.Exit(1)
+	}
+}
+
+var allScenarios = []string{"http", "https", "tls", "memory"}
+
+func run(ctx context.Context) (err error) {
+	var o options
+	flag.StringVar(&o.flowdogBin, "flowdog", "", "flowdog binary (default: go build ./cmd/flowdog into a temporary directory)")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time per scenario and target")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured time before each measurement")
+	flag.IntVar(&o.clients, "clients", 8, "concurrent clients (one connection at a time each)")
+	flag.IntVar(&o.bodySize, "body", 1024, "response body size in bytes")
+	flag.IntVar(&o.conns, "conns", 10000, "idle HTTPS connections held open for the memory scenario")
+	flag.IntVar(&o.connPar, "conn-parallel", 64, "connections opened at a time for the memory scenario")
+	flag.DurationVar(&o.settle, "settle", 3*time.Second, "wait after flowdog's GC before reading its memory")
+	flag.IntVar(&o.runs, "runs", 1, "measurements per scenario and target (order alternates); medians are reported")
+	scen := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", "))
+	flag.BoolVar(&o.pin, "pin", true, "pin this process (simulator, clients, servers) to the last CPU and flowdog to the others")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write flowdog CPU profiles of the first run's INTERCEPT phases to `prefix`-SCENARIO.pprof")
+	flag.StringVar(&o.heapprofile, "heapprofile", "", "write flowdog's heap profile with the memory scenario's INTERCEPT connections open to `file`")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (flowdog's config, log and state)")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	if o.runs < 1 || o.clients < 1 || o.duration <= 0 || o.warmup < 0 || o.conns < 1 || o.connPar < 1 || o.bodySize < 0 {
+		return errors.New("-runs, -clients, -duration, -conns and -conn-parallel must be positive, -warmup and -body not negative")
+	}
+	o.scenarios = map[string]bool{}
+	for _, s := range strings.Split(*scen, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.Contains(allScenarios, s) {
+			return fmt.Errorf("-scenarios: unknown %q (want some of %s)", s, strings.Join(allScenarios, ", "))
+		}
+		o.scenarios[s] = true
+	}
+	if err := needRaw(); err != nil {
+		return err
+	}
+
+	if o.tmp, err = os.MkdirTemp("", "bench-intercept-"); err != nil {
+		return err
+	}
+	defer func() {
+		if o.keep {
+			fmt.Println("kept", o.tmp)
+			return
+		}
+		err = errors.Join(err, os.RemoveAll(o.tmp))
+	}()
+	if o.flowdogBin == "" {
+		if o.flowdogBin, err = buildFlowdog(ctx, o.tmp); err != nil {
+			return err
+		}
+	}
+
+	o.benchCPU = -1
+	if o.pin && runtime.NumCPU() >= 2 {
+		// The last CPU is this process's (GWLB and the hosts), the others
+		// flowdog's; GOMAXPROCS as Go would set it for that mask.
+		o.benchCPU = runtime.NumCPU() - 1
+		for c := range o.benchCPU {
+			o.flowdogCPUs = append(o.flowdogCPUs, c)
+		}
+		if err := pinPid(0, o.benchCPU); err != nil {
+			return err
+		}
+		runtime.GOMAXPROCS(1)
+	}
+	p, err := newPKI(o.tmp)
+	if err != nil {
+		return err
+	}
+	printMachine(&o)
+
+	var rows []row
+	if o.scenarios["http"] || o.scenarios["https"] || o.scenarios["tls"] {
+		r, err := throughput(ctx, &o, p)
+		rows = append(rows, r...)
+		if err != nil {
+			report(rows)
+			return err
+		}
+	}
+	if o.scenarios["memory"] {
+		r, err := memory(ctx, &o, p)
+		rows = append(rows, r...)
+		if err != nil {
+			report(rows)
+			return err
+		}
+	}
+	report(rows)
+	return nil
+}
+
+// needRaw fails early, with a reason, where flowdog could not send replies.
+func needRaw() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Errorf("flowdog needs root or CAP_NET_RAW (raw reply sockets): %w", err)
+	}
+	unix.Close(fd)
+	return nil
+}
+
+// phase is one throughput comparison.
+type phase struct {
+	key, title string
+	https      bool
+	keepAlive  bool
+	unit       string
+}
+
+var phases = []phase{
+	{"http", "HTTP/1.1 keep-alive", false, true, "req/s"},
+	{"https", "HTTPS keep-alive", true, true, "req/s"},
+	{"tls", "new TLS connections", true, false, "conn/s"},
+}
+
+// throughput runs the rate scenarios against one flowdog process: each
+// FAST and INTERCEPT back to back, the order alternating between runs so
+// that neither always runs on a warmer machine.
+func throughput(ctx context.Context, o *options, p *pki) (rows []row, err error) {
+	l, err := newLab(ctx, o, p)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cpus, err := cpusAllowed(l.fd.Pid()); err == nil {
+			fmt.Printf("flowdog's threads were allowed on CPU(s) %s\n", cpus)
+		}
+		if n := l.fd.logLines(); n > 0 {
+			fmt.Printf("flowdog logged %d line(s) at warn or above; the last ones:\n%s\n", n, l.fd.logTail())
+		}
+		err = errors.Join(err, l.Close())
+	}()
+	fmt.Printf("flowdog pid %d, GWLB %v -> flowdog %v\n", l.fd.Pid(), l.sim.GWLBAddr(), l.fd.geneve)
+	for _, ph := range phases {
+		if !o.scenarios[ph.key] {
+			continue
+		}
+		tg := targets(ph.https)
+		var res [2][]rateResult
+		for r := range o.runs {
+			order := []int{0, 1}
+			if r%2 == 1 {
+				order = []int{1, 0}
+			}
+			for _, ti := range order {
+				t := tg[ti]
+				var during func(time.Duration)
+				var profErr error
+				if t.intercepted && r == 0 && o.cpuprofile != "" {
+					path := fmt.Sprintf("%s-%s.pprof", o.cpuprofile, ph.key)
+					during = func(d time.Duration) { profErr = l.fd.profile(ctx, d, path) }
+				}
+				before, _ := l.fd.metrics(ctx)
+				x := load(ctx, l, o, t, ph.keepAlive, during)
+				if ctx.Err() != nil {
+					return rows, ctx.Err()
+				}
+				after, _ := l.fd.metrics(ctx)
+				n := float64(max(x.n, 1))
+				fmt.Printf("  run %d  %-20s %-9s %7.0f %-6s p50 %7.3fms p99 %7.3fms  %6d measured, %5d dials; CPU flowdog %3.0f%% bench %3.0f%%; per %s: packets in %.1f out %.1f; %s\n",
+					r+1, ph.title, t.name, x.rate(), ph.unit, ms(x.pct(50)), ms(x.pct(99)),
+					x.n, x.dials, 100*x.fdCPU.Seconds()/o.duration.Seconds(), 100*x.benchCPU.Seconds()/o.duration.Seconds(),
+					strings.TrimSuffix(ph.unit, "/s"),
+					x.delta(`flowdog_gwlb_packets_total{direction="in"`)/n, x.delta(`flowdog_gwlb_packets_total{direction="out"`)/n,
+					proxied(before, after))
+				if d := x.delta("flowdog_gwlb_dropped_packets_total"); d > 0 {
+					fmt.Printf("         flowdog dropped %.0f packet(s) in the interval\n", d)
+				}
+				if x.errs > 0 {
+					return rows, fmt.Errorf("%s, %s: %d error(s), the first: %w", ph.title, t.name, x.errs, x.firstErr)
+				}
+				if x.n == 0 {
+					return rows, fmt.Errorf("%s, %s: nothing completed in %v", ph.title, t.name, o.duration)
+				}
+				if profErr != nil {
+					return rows, fmt.Errorf("flowdog CPU profile: %w", profErr)
+				}
+				if err := l.fd.Alive(); err != nil {
+					return rows, err
+				}
+				res[ti] = append(res[ti], x)
+			}
+		}
+		rows = append(rows, rateRows(ph, res)...)
+	}
+	return rows, nil
+}
+
+// proxied summarizes what flowdog's proxy did between two metric snapshots.
+func proxied(before, after map[string]float64) string {
+	var parts []string
+	for k, v := range after {
+		if strings.HasPrefix(k, "flowdog_proxy_connections_total{") {
+			if d := v - before[k]; d > 0 {
+				kind := strings.TrimSuffix(strings.TrimPrefix(k, `flowdog_proxy_connections_total{kind="`), `"}`)
+				parts = append(parts, fmt.Sprintf("%s %.0f", kind, d))
+			}
+		}
+	}
+	slices.Sort(parts)
+	if len(parts) == 0 {
+		return "flowdog proxied nothing"
+	}
+	return "flowdog proxied: " + strings.Join(parts, ", ")
+}
+
+// rateRows turns the runs of one phase into table rows: medians, and the
+// median of the ratios paired by run.
+func rateRows(ph phase, res [2][]rateResult) []row {
+	med := func(i int, f func(rateResult) float64) float64 {
+		v := make([]float64, len(res[i]))
+		for k, x := range res[i] {
+			v[k] = f(x)
+		}
+		return median(v)
+	}
+	ratio := func(f func(rateResult) float64) float64 {
+		v := make([]float64, len(res[0]))
+		for k := range res[0] {
+			v[k] = f(res[1][k]) / f(res[0][k])
+		}
+		return median(v)
+	}
+	rate := func(x rateResult) float64 { return x.rate() }
+	p50 := func(x rateResult) float64 { return ms(x.pct(50)) }
+	p99 := func(x rateResult) float64 { return ms(x.pct(99)) }
+	// CPU time per request (connection) in flowdog: what the rate would
+	// cost on a machine where nothing else limits it.
+	cpu := func(x rateResult) float64 { return float64(x.fdCPU.Microseconds()) / float64(x.n) }
+	rateAim := aim{}
+	if ph.keepAlive {
+		// The issue's aim: intercepted keep-alive HTTP at least 50% of FAST.
+		rateAim = aim{text: "INTERCEPT >= 50% of FAST", met: ratio(rate) >= 0.5}
+	}
+	return []row{
+		{ph.title + ", " + ph.unit, fmt.Sprintf("%.0f", med(0, rate)), fmt.Sprintf("%.0f", med(1, rate)), ratio(rate), rateAim},
+		{ph.title + ", p50 ms", fmt.Sprintf("%.2f", med(0, p50)), fmt.Sprintf("%.2f", med(1, p50)), ratio(p50), aim{}},
+		{ph.title + ", p99 ms", fmt.Sprintf("%.2f", med(0, p99)), fmt.Sprintf("%.2f", med(1, p99)), ratio(p99), aim{}},
+		{ph.title + ", flowdog CPU µs per " + strings.TrimSuffix(ph.unit, "/s"), fmt.Sprintf("%.0f", med(0, cpu)), fmt.Sprintf("%.0f", med(1, cpu)), ratio(cpu), aim{}},
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// aim is a target a row is held to; the zero aim means none.
+type aim struct {
+	text string
+	met  bool
+}
+
+type row struct {
+	name            string
+	fast, intercept string
+	ratio           float64 // INTERCEPT / FAST; 0: none
+	aim             aim
+}
+
+func report(rows []row) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Println()
+	fmt.Println("| scenario | FAST | INTERCEPT | INTERCEPT/FAST | aim | met |")
+	fmt.Println("|---|---:|---:|---:|---|---|")
+	for _, r := range rows {
+		ratio := "—"
+		switch {
+		case r.ratio >= 10:
+			ratio = fmt.Sprintf("%.0f×", r.ratio)
+		case r.ratio > 0:
+			ratio = fmt.Sprintf("%.1f%%", 100*r.ratio)
+		}
+		a, met := "—", "—"
+		if r.aim.text != "" {
+			a, met = r.aim.text, "no"
+			if r.aim.met {
+				met = "yes"
+			}
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", r.name, r.fast, r.intercept, ratio, a, met)
+	}
+	fmt.Println()
+	fmt.Println("Rates are completed requests (connections) per second over the measured interval; latencies are per request")
+	fmt.Println("(per connection: dial, handshake, GET) as the client sees them. INTERCEPT/FAST of a rate: higher is better;")
+	fmt.Println("of a latency or memory: lower is better. With -runs > 1: medians, and the median of the ratios paired by run.")
+}
+
+func printMachine(o *options) {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := "unknown kernel"
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	fmt.Printf("machine: %s, %d CPUs, Linux %s, %s %s/%s\n", cpu, runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	pin := "not pinned"
+	if o.benchCPU >= 0 {
+		pin = fmt.Sprintf("flowdog on CPU(s) %v, simulator + hosts + clients + servers on CPU %d, GOMAXPROCS 1 each", o.flowdogCPUs, o.benchCPU)
+	}
+	fmt.Printf("setup: loopback, %s;\n", pin)
+	fmt.Printf("       %d clients, %d-byte bodies, %v measured after %v warm-up, %d run(s); %d idle connections for memory\n",
+		o.clients, o.bodySize, o.duration, o.warmup, o.runs, o.conns)
+}
