@@ -213,6 +213,10 @@ func (h *httpHandler) modifyResponse(resp *http.Response) error {
 	if h.h2 {
 		proto = "h2"
 	}
+	if resp.StatusCode == http.StatusSwitchingProtocols && strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
+		// Spliced by ReverseProxy (no WebSocket hooks): still a WebSocket.
+		h.c.p.m.conns("websocket").Inc()
+	}
 	h.c.p.m.requests.WithLabelValues(proto, fmt.Sprintf("%dxx", resp.StatusCode/100)).Inc()
 	return nil
 }

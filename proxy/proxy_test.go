@@ -557,3 +557,32 @@ func TestRawUpstreamResetResetsClient(t *testing.T) {
 		t.Errorf("client read %v, want a connection reset mirrored from the server", err)
 	}
 }
+
+func TestWebSocketWithoutHooksIsSplicedAndCounted(t *testing.T) {
+	up := websocket.Upgrader{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		typ, m, _ := ws.ReadMessage()
+		ws.WriteMessage(typ, m)
+	}))
+	defer srv.Close()
+	r := newRig(t, srv.Listener.Addr().String(), Options{})
+	d := websocket.Dialer{NetDial: func(_, _ string) (net.Conn, error) { return net.Dial("tcp", r.addr()) }}
+	ws, _, err := d.Dial("ws://example.test/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.WriteMessage(websocket.TextMessage, []byte("as is"))
+	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, m, err := ws.ReadMessage(); err != nil || string(m) != "as is" {
+		t.Fatalf("echo %q %v", m, err)
+	}
+	if n := r.counter(t, r.p.m.conns("websocket")); n != 1 {
+		t.Errorf("websocket connections = %v, want 1", n)
+	}
+}
