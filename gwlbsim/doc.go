@@ -12,6 +12,12 @@
 // tenant that owns the inner destination address. Replies that break the
 // contract are counted as Violations and dropped, as GWLB would drop them.
 //
+// A tenant may also take a PacketDevice (Tenant.AttachDevice), typically a
+// TUN device (OpenTUN) into which a kernel routes real traffic: its packets
+// go through the appliance like a host's, and valid replies that no host
+// claims are written back to it. cmd/gwlbsim --tun and e2e/ use this to put
+// flowdog between network namespaces.
+//
 // The Sim is an independent implementation: it shares no code with flowdog's
 // gwlb package on purpose, so that a bug in one is caught by the other.
 package gwlbsim

@@ -33,6 +33,7 @@ type Tenant struct {
 	id                       int
 	EndpointID, AttachmentID uint64
 	hosts                    map[netip.Addr]*Host // guarded by sim.mu
+	dev                      *device              // guarded by sim.mu; see AttachDevice
 }
 
 func (t *Tenant) String() string {

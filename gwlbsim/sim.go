@@ -91,6 +91,9 @@ type Stats struct {
 	Filtered uint64
 	// SendErrors counts failed sends to the appliance.
 	SendErrors uint64
+	// DeviceErrors counts valid replies that could not be written to the
+	// tenant's device (see Tenant.AttachDevice).
+	DeviceErrors uint64
 	// Violations counts contract violations by kind (only kinds seen).
 	Violations map[string]uint64
 }
@@ -136,7 +139,7 @@ type Sim struct {
 	listeners  []io.Closer
 	flows      map[flowKey]*flow
 
-	sent, received, delivered, noHost, filtered, sendErrors atomic.Uint64
+	sent, received, delivered, noHost, filtered, sendErrors, deviceErrors atomic.Uint64
 
 	vmu    sync.Mutex
 	vcount map[string]uint64
@@ -286,12 +289,13 @@ func (s *Sim) AddTenant(endpointID, attachmentID uint64) *Tenant {
 // Stats returns a snapshot of the counters.
 func (s *Sim) Stats() Stats {
 	st := Stats{
-		Sent:       s.sent.Load(),
-		Received:   s.received.Load(),
-		Delivered:  s.delivered.Load(),
-		NoHost:     s.noHost.Load(),
-		Filtered:   s.filtered.Load(),
-		SendErrors: s.sendErrors.Load(),
+		Sent:         s.sent.Load(),
+		Received:     s.received.Load(),
+		Delivered:    s.delivered.Load(),
+		NoHost:       s.noHost.Load(),
+		Filtered:     s.filtered.Load(),
+		SendErrors:   s.sendErrors.Load(),
+		DeviceErrors: s.deviceErrors.Load(),
 	}
 	s.vmu.Lock()
 	st.Violations = make(map[string]uint64, len(s.vcount))
@@ -379,7 +383,12 @@ func (s *Sim) SendRaw(payload []byte) error {
 
 // emit sends a packet a host's stack wrote. pkt has HeaderLen bytes of room
 // in front of the inner packet.
-func (s *Sim) emit(h *Host, pkt []byte) {
+func (s *Sim) emit(h *Host, pkt []byte) { s.emitFor(h.tenant, pkt) }
+
+// emitFor sends a packet of tenant's network (a host's or its device's)
+// through GWLB. pkt has HeaderLen bytes of room in front of the inner
+// packet.
+func (s *Sim) emitFor(tenant *Tenant, pkt []byte) {
 	inner := pkt[HeaderLen:]
 	t, err := parseInner(inner)
 	if err != nil || !routed(t) {
@@ -388,12 +397,12 @@ func (s *Sim) emit(h *Host, pkt []byte) {
 		s.filtered.Add(1)
 		return
 	}
-	hdr, port := s.flowFor(h.tenant, t)
+	hdr, port := s.flowFor(tenant, t)
 	copy(pkt, hdr)
 	if _, err := s.src[port].WriteToUDPAddrPort(pkt, s.appliance); err != nil {
 		s.sendErrors.Add(1)
 		if s.ctx.Err() == nil {
-			s.log.Debug("gwlbsim: send to appliance", "err", err, "tenant", h.tenant, "flow", t)
+			s.log.Debug("gwlbsim: send to appliance", "err", err, "tenant", tenant, "flow", t)
 		}
 		return
 	}
@@ -481,11 +490,12 @@ func (s *Sim) handleReply(b []byte, from netip.AddrPort) {
 		port  uint16
 		ten   *Tenant
 		host  *Host
+		dev   *device
 	)
 	if f != nil {
 		want, port, ten = f.hdr, s.srcPorts[f.port], f.tenant
 		stale = g.hasEnv[2] && slices.Contains(f.old, g.env.cookie)
-		host = ten.hosts[t.dst.Addr()]
+		host, dev = ten.hosts[t.dst.Addr()], ten.dev
 	}
 	s.mu.Unlock()
 
@@ -502,6 +512,19 @@ func (s *Sim) handleReply(b []byte, from netip.AddrPort) {
 		return
 	case from.Port() != port:
 		s.violate(KindWrongSourcePort, "tenant %v %v: reply from port %d, flow's source port is %d", ten, t, from.Port(), port)
+		return
+	}
+	if host == nil && dev != nil {
+		// GWLB forwards the reply into the VPC; here the tenant's kernel
+		// routes it from its TUN device.
+		if err := dev.write(g.inner); err != nil {
+			s.deviceErrors.Add(1)
+			if s.ctx.Err() == nil {
+				s.log.Debug("gwlbsim: write to device", "err", err, "tenant", ten, "flow", t)
+			}
+			return
+		}
+		s.delivered.Add(1)
 		return
 	}
 	if host == nil {

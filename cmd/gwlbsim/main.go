@@ -5,6 +5,16 @@
 // non-zero on any failed request or contract violation.
 //
 //	gwlbsim --appliance 127.0.0.1:6081 --gwlb 127.0.0.2 --tenants 2 --requests 10 --size 1048576
+//
+// With --tun it instead plays GWLB for real kernels: every packet the
+// kernel routes into the TUN device goes to the appliance in the tenant's
+// envelope (--endpoint-id, --attachment-id), and every valid reply is
+// written back into the device for the kernel to deliver. It runs until
+// SIGINT or SIGTERM, serves its counters as JSON on --stats-listen, prints
+// them on exit and exits non-zero if the appliance broke the contract.
+// e2e/vpc.sh runs it this way between network namespaces:
+//
+//	gwlbsim --tun tun0 --gwlb 203.0.113.1 --appliance 203.0.113.2:6081 --stats-listen 127.0.0.1:9091
 package main
 
 import (
@@ -52,6 +62,11 @@ func run() int {
 		size      = flag.Int("size", 1<<20, "response body size in `bytes`")
 		timeout   = flag.Duration("timeout", 30*time.Second, "timeout of one request")
 		verbose   = flag.Bool("v", false, "debug logging")
+
+		tunName    = flag.String("tun", "", "TUN mode: the TUN `device` whose packets go through the appliance")
+		endpointID = flag.String("endpoint-id", fmt.Sprintf("vpce-%017x", uint64(baseEndpointID)), "TUN mode: the tenant's VPC endpoint `id` (vpce-<17 hex digits>)")
+		attachID   = flag.String("attachment-id", fmt.Sprintf("%016x", uint64(baseAttachmentID)), "TUN mode: the tenant's attachment `id` (16 hex digits)")
+		statsAddr  = flag.String("stats-listen", "", "TUN mode: serve counters and violations as JSON on http://`address`/stats")
 	)
 	flag.Parse()
 	level := slog.LevelInfo
@@ -84,6 +99,10 @@ func run() int {
 		return 1
 	}
 	defer sim.Close()
+
+	if *tunName != "" {
+		return runTUN(ctx, log, sim, tunOptions{device: *tunName, endpointID: *endpointID, attachmentID: *attachID, statsAddr: *statsAddr})
+	}
 
 	body := make([]byte, *size)
 	for i := range body {
