@@ -67,7 +67,37 @@ policy:
 interceptors:
   - name: geneve_headers
     config: {requests: true, responses: true}
+%s`
+
+// cffHost is the only host the cff scenario's function is attached to.
+const cffHost = "cff.bench"
+
+// cffInterceptor is appended to flowdogConfig's interceptors for the cff
+// scenario: one viewer-request function, attached to cffHost only, so that
+// the same intercepted ports serve requests with and without it. It is
+// listed after geneve_headers, as the README advises, so the function sees
+// (and the event carries) the headers geneve_headers adds, as it would in
+// production. The function is as trivial as one can check: it adds one
+// request header, which the server echoes (lab.serve), so every response
+// proves whether the function ran; it has the shape of the cff package's
+// BenchmarkViewerRequestTrivial. The budget is wall-clock time and flowdog
+// runs on one P that its proxy goroutines share: on a loaded machine a
+// descheduled invocation could overrun CloudFront's 5 ms, answer 503 and
+// fail the run. The budget's size costs nothing (the timer is reset on
+// every invocation whatever it is).
+const cffInterceptor = `  - name: cloudfront_functions
+    config:
+      budget: 100ms
+      functions:
+        - name: bench
+          runtime: cloudfront-js-2.0
+          event_type: viewer-request
+          hosts: ["` + cffHost + `"]
+          code: "function handler(event) { var request = event.request; request.headers['` + cffHeader + `'] = {value: '1'}; return request; }"
 `
+
+// cffHeader is the request header the function adds; lab.serve echoes it.
+const cffHeader = "x-cff"
 
 // buildFlowdog compiles ./cmd/flowdog into dir; it needs the module root
 // as the working directory (make and go run from the root provide it).
@@ -105,8 +135,9 @@ func freePort(network string) (int, error) {
 
 // startFlowdog runs bin with a config in a new directory under tmp, pinned
 // to cpus (none: not pinned), and waits until its health check answers 200
-// (every socket worker runs and the CA is ready).
-func startFlowdog(ctx context.Context, bin, tmp, serverCA string, cpus []int) (*flowdogProc, error) {
+// (every socket worker runs and the CA is ready). interceptors is YAML
+// appended to the config's interceptor list ("" for none).
+func startFlowdog(ctx context.Context, bin, tmp, serverCA string, cpus []int, interceptors string) (*flowdogProc, error) {
 	dir, err := os.MkdirTemp(tmp, "flowdog-")
 	if err != nil {
 		return nil, err
@@ -122,7 +153,7 @@ func startFlowdog(ctx context.Context, bin, tmp, serverCA string, cpus []int) (*
 	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
 	state := filepath.Join(dir, "state")
 	cfgPath := filepath.Join(dir, "flowdog.yaml")
-	cfg := fmt.Sprintf(flowdogConfig, geneve, health, admin, state, serverCA)
+	cfg := fmt.Sprintf(flowdogConfig, geneve, health, admin, state, serverCA, interceptors)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}

@@ -76,7 +76,7 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: serverName},
-		DNSNames: []string{serverName}, IPAddresses: []net.IP{serverAddr.AsSlice()},
+		DNSNames: []string{serverName, cffHost}, IPAddresses: []net.IP{serverAddr.AsSlice()},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
@@ -106,8 +106,9 @@ type lab struct {
 	closeErr error
 }
 
-// newLab starts flowdog (see startFlowdog) and the simulator around it.
-func newLab(ctx context.Context, o *options, p *pki) (l *lab, err error) {
+// newLab starts flowdog (see startFlowdog), with the cff scenario's
+// function when withCFF, and the simulator around it.
+func newLab(ctx context.Context, o *options, p *pki, withCFF bool) (l *lab, err error) {
 	l = &lab{body: bytes.Repeat([]byte("flowdog!"), o.bodySize/8+1)[:o.bodySize]}
 	defer func() {
 		if err != nil {
@@ -115,7 +116,11 @@ func newLab(ctx context.Context, o *options, p *pki) (l *lab, err error) {
 			l = nil
 		}
 	}()
-	if l.fd, err = startFlowdog(ctx, o.flowdogBin, o.tmp, p.caFile, o.flowdogCPUs); err != nil {
+	extra := ""
+	if withCFF {
+		extra = cffInterceptor
+	}
+	if l.fd, err = startFlowdog(ctx, o.flowdogBin, o.tmp, p.caFile, o.flowdogCPUs, extra); err != nil {
 		return l, err
 	}
 	rootPEM, err := os.ReadFile(l.fd.rootPath)
@@ -164,9 +169,14 @@ func newLab(ctx context.Context, o *options, p *pki) (l *lab, err error) {
 	return l, nil
 }
 
-// serve answers every request with the same small body.
+// serve answers every request with the same small body. It echoes the
+// header the cff scenario's function adds, so that the client sees whether
+// the function ran on its request.
 func (l *lab) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
+	if v := r.Header.Get(cffHeader); v != "" {
+		w.Header().Set(cffHeader, v)
+	}
 	w.Write(l.body)
 }
 
@@ -209,9 +219,10 @@ func (l *lab) dialer() func(ctx context.Context, network, addr string) (net.Conn
 	}
 }
 
-// tlsConfig is the clients' TLS configuration: HTTP/1.1 offered by ALPN,
-// as a browser would, and no session cache, so every new connection is a
-// full handshake.
-func (l *lab) tlsConfig() *tls.Config {
-	return &tls.Config{RootCAs: l.roots, ServerName: serverName, NextProtos: []string{"http/1.1"}}
+// tlsConfig is the clients' TLS configuration for a server name (SNI, and
+// the name checked in the certificate): HTTP/1.1 offered by ALPN, as a
+// browser would, and no session cache, so every new connection is a full
+// handshake.
+func (l *lab) tlsConfig(name string) *tls.Config {
+	return &tls.Config{RootCAs: l.roots, ServerName: name, NextProtos: []string{"http/1.1"}}
 }

@@ -21,26 +21,61 @@ import (
 )
 
 // target is one side of a comparison: the same server reached on a port
-// that flowdog fast-paths or on one that it intercepts.
+// that flowdog fast-paths or on one that it intercepts, or (cff scenario)
+// on an intercepted port by a name a CloudFront function is attached to
+// or not.
 type target struct {
-	name        string // FAST or INTERCEPT
+	name        string // FAST, INTERCEPT or CFF
 	intercepted bool
 	https       bool
 	port        uint16
+	host        string // URL host, Host and SNI; "": the server's address (HTTP) or serverName (HTTPS)
+	cff         bool   // the function is attached to host: responses echo its header
 }
 
 func (t target) url() string {
-	if t.https {
+	switch {
+	case t.host != "":
+		return fmt.Sprintf("%s://%s:%d/", t.scheme(), t.host, t.port)
+	case t.https:
 		return fmt.Sprintf("https://%s:%d/", serverName, t.port)
 	}
 	return fmt.Sprintf("http://%s:%d/", serverAddr, t.port)
 }
 
+func (t target) scheme() string {
+	if t.https {
+		return "https"
+	}
+	return "http"
+}
+
+// serverName is the name the client sends in SNI and checks in the
+// certificate.
+func (t target) serverName() string {
+	if t.host != "" {
+		return t.host
+	}
+	return serverName
+}
+
 func targets(https bool) [2]target {
 	if https {
-		return [2]target{{"FAST", false, true, portHTTPSFast}, {"INTERCEPT", true, true, portHTTPSIntercept}}
+		return [2]target{{"FAST", false, true, portHTTPSFast, "", false}, {"INTERCEPT", true, true, portHTTPSIntercept, "", false}}
 	}
-	return [2]target{{"FAST", false, false, portHTTPFast}, {"INTERCEPT", true, false, portHTTPIntercept}}
+	return [2]target{{"FAST", false, false, portHTTPFast, "", false}, {"INTERCEPT", true, false, portHTTPIntercept, "", false}}
+}
+
+// cffTargets are the cff scenario's: both intercepted, on the same port,
+// and both named, so that the requests differ only in the name (HTTP: the
+// Host header; HTTPS: SNI too, and the leaf flowdog mints for it). The
+// function is attached to cffHost only.
+func cffTargets(https bool) [2]target {
+	port := uint16(portHTTPIntercept)
+	if https {
+		port = portHTTPSIntercept
+	}
+	return [2]target{{"INTERCEPT", true, https, port, serverName, false}, {"CFF", true, https, port, cffHost, true}}
 }
 
 // rateResult is one measured interval of a closed-loop load.
@@ -101,7 +136,7 @@ func load(ctx context.Context, l *lab, o *options, t target, keepAlive bool, dur
 				dials.Add(1)
 				return dial(ctx, network, addr)
 			},
-			TLSClientConfig:     l.tlsConfig(),
+			TLSClientConfig:     l.tlsConfig(t.serverName()),
 			TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 only
 			DisableKeepAlives:   !keepAlive,
 			DisableCompression:  true,
@@ -209,6 +244,9 @@ func (l *lab) get(ctx context.Context, c *http.Client, t target, deep bool) erro
 	if got := resp.Header.Get(geneve_headers.HeaderEndpoint) != ""; got != t.intercepted {
 		return fmt.Errorf("%s %s: response intercepted=%v (geneve_headers), want %v: check flowdog's policy", t.name, t.url(), got, t.intercepted)
 	}
+	if got := resp.Header.Get(cffHeader) == "1"; got != t.cff {
+		return fmt.Errorf("%s %s: the CloudFront function ran=%v (the server echoes %s), want %v", t.name, t.url(), got, cffHeader, t.cff)
+	}
 	if deep && t.https {
 		return l.checkIssuer(t, resp.TLS)
 	}
@@ -279,7 +317,7 @@ func (l *lab) openIdle(ctx context.Context, t target, dst netip.AddrPort, req []
 	if err != nil {
 		return nil, err
 	}
-	c := tls.Client(raw, l.tlsConfig())
+	c := tls.Client(raw, l.tlsConfig(t.serverName()))
 	// The deadline also bounds the handshake and the response; it is
 	// cleared once the connection is idle.
 	dl, _ := ctx.Deadline()

@@ -18,10 +18,19 @@
 // flowdog's CA otherwise), new TLS connections/s (handshake and one GET per
 // connection), and flowdog's resident memory per idle intercepted HTTPS
 // connection with -conns open (a fresh flowdog each for FAST and
-// INTERCEPT). BENCHMARKS.md explains how to read the output. It needs root
-// or CAP_NET_RAW (flowdog's raw reply sockets).
+// INTERCEPT).
 //
-//	go run ./cmd/bench-intercept [-duration 5s] [-clients 8] [-conns 10000] [-runs 1]
+// Scenario cff (not in the default list; -scenarios cff) measures what a
+// CloudFront function costs on an intercepted flow: a second flowdog, whose
+// configuration adds the cloudfront_functions interceptor with one trivial
+// viewer-request function attached to the host cff.bench, serves keep-alive
+// HTTP and HTTPS on the intercepted ports with Host www.example.com (no
+// function) and Host cff.bench (the function runs on every request).
+//
+// BENCHMARKS.md explains how to read the output. It needs root or
+// CAP_NET_RAW (flowdog's raw reply sockets).
+//
+//	go run ./cmd/bench-intercept [-duration 5s] [-clients 8] [-conns 10000] [-runs 1] [-scenarios http,https,tls,memory,cff]
 package main
 
 import (
@@ -71,7 +80,13 @@ func main() {
 	}
 }
 
-var allScenarios = []string{"http", "https", "tls", "memory"}
+// allScenarios run by default. knownScenarios adds cff: it needs a flowdog
+// of its own and answers a different question (a function or not, both
+// intercepted), so make bench-intercept does not pay for it.
+var (
+	allScenarios   = []string{"http", "https", "tls", "memory"}
+	knownScenarios = append(slices.Clone(allScenarios), "cff")
+)
 
 func run(ctx context.Context) (err error) {
 	var o options
@@ -84,9 +99,9 @@ func run(ctx context.Context) (err error) {
 	flag.IntVar(&o.connPar, "conn-parallel", 64, "connections opened at a time for the memory scenario")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "wait after flowdog's GC before reading its memory")
 	flag.IntVar(&o.runs, "runs", 1, "measurements per scenario and target (order alternates); medians are reported")
-	scen := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", "))
+	scen := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(knownScenarios, ", "))
 	flag.BoolVar(&o.pin, "pin", true, "pin this process (simulator, clients, servers) to the last CPU and flowdog to the others")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write flowdog CPU profiles of the first run's INTERCEPT phases to `prefix`-SCENARIO.pprof")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write flowdog CPU profiles of the first run's INTERCEPT phases (cff: the function's) to `prefix`-PHASE.pprof (http, https, tls, cff-http, cff-https)")
 	flag.StringVar(&o.heapprofile, "heapprofile", "", "write flowdog's heap profile with the memory scenario's INTERCEPT connections open to `file`")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (flowdog's config, log and state)")
 	flag.Parse()
@@ -99,8 +114,8 @@ func run(ctx context.Context) (err error) {
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
-		if !slices.Contains(allScenarios, s) {
-			return fmt.Errorf("-scenarios: unknown %q (want some of %s)", s, strings.Join(allScenarios, ", "))
+		if !slices.Contains(knownScenarios, s) {
+			return fmt.Errorf("-scenarios: unknown %q (want some of %s)", s, strings.Join(knownScenarios, ", "))
 		}
 		o.scenarios[s] = true
 	}
@@ -143,12 +158,18 @@ func run(ctx context.Context) (err error) {
 	}
 	printMachine(&o)
 
-	var rows []row
+	// Two tables: FAST vs INTERCEPT, and (cff) INTERCEPT vs INTERCEPT
+	// through a function. Whatever was measured is printed, even when a
+	// later scenario fails.
+	var rows, cffRows []row
+	defer func() {
+		report(rows, fastCols)
+		report(cffRows, cffCols)
+	}()
 	if o.scenarios["http"] || o.scenarios["https"] || o.scenarios["tls"] {
-		r, err := throughput(ctx, &o, p)
+		r, err := throughput(ctx, &o, p, phases, false)
 		rows = append(rows, r...)
 		if err != nil {
-			report(rows)
 			return err
 		}
 	}
@@ -156,11 +177,16 @@ func run(ctx context.Context) (err error) {
 		r, err := memory(ctx, &o, p)
 		rows = append(rows, r...)
 		if err != nil {
-			report(rows)
 			return err
 		}
 	}
-	report(rows)
+	if o.scenarios["cff"] {
+		r, err := throughput(ctx, &o, p, cffPhases, true)
+		cffRows = append(cffRows, r...)
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -176,23 +202,40 @@ func needRaw() error {
 
 // phase is one throughput comparison.
 type phase struct {
-	key, title string
+	scenario   string // the -scenarios name that selects it
+	key, title string // key names its -cpuprofile file
 	https      bool
 	keepAlive  bool
 	unit       string
+	cff        bool // both targets intercepted, the second through the function
 }
 
 var phases = []phase{
-	{"http", "HTTP/1.1 keep-alive", false, true, "req/s"},
-	{"https", "HTTPS keep-alive", true, true, "req/s"},
-	{"tls", "new TLS connections", true, false, "conn/s"},
+	{"http", "http", "HTTP/1.1 keep-alive", false, true, "req/s", false},
+	{"https", "https", "HTTPS keep-alive", true, true, "req/s", false},
+	{"tls", "tls", "new TLS connections", true, false, "conn/s", false},
 }
 
-// throughput runs the rate scenarios against one flowdog process: each
-// FAST and INTERCEPT back to back, the order alternating between runs so
-// that neither always runs on a warmer machine.
-func throughput(ctx context.Context, o *options, p *pki) (rows []row, err error) {
-	l, err := newLab(ctx, o, p)
+// cffPhases are the cff scenario's, run against a flowdog whose
+// configuration attaches the function (see cffInterceptor).
+var cffPhases = []phase{
+	{"cff", "cff-http", "CFF HTTP/1.1 keep-alive", false, true, "req/s", true},
+	{"cff", "cff-https", "CFF HTTPS keep-alive", true, true, "req/s", true},
+}
+
+func (ph phase) targets() [2]target {
+	if ph.cff {
+		return cffTargets(ph.https)
+	}
+	return targets(ph.https)
+}
+
+// throughput runs the rate phases against one flowdog process (with the
+// CloudFront function attached when withCFF): the two targets of each
+// phase back to back, the order alternating between runs so that neither
+// always runs on a warmer machine.
+func throughput(ctx context.Context, o *options, p *pki, phases []phase, withCFF bool) (rows []row, err error) {
+	l, err := newLab(ctx, o, p, withCFF)
 	if err != nil {
 		return nil, err
 	}
@@ -207,10 +250,10 @@ func throughput(ctx context.Context, o *options, p *pki) (rows []row, err error)
 	}()
 	fmt.Printf("flowdog pid %d, GWLB %v -> flowdog %v\n", l.fd.Pid(), l.sim.GWLBAddr(), l.fd.geneve)
 	for _, ph := range phases {
-		if !o.scenarios[ph.key] {
+		if !o.scenarios[ph.scenario] {
 			continue
 		}
-		tg := targets(ph.https)
+		tg := ph.targets()
 		var res [2][]rateResult
 		for r := range o.runs {
 			order := []int{0, 1}
@@ -221,7 +264,9 @@ func throughput(ctx context.Context, o *options, p *pki) (rows []row, err error)
 				t := tg[ti]
 				var during func(time.Duration)
 				var profErr error
-				if t.intercepted && r == 0 && o.cpuprofile != "" {
+				// The second target is the one under study (INTERCEPT, or
+				// the function's).
+				if ti == 1 && r == 0 && o.cpuprofile != "" {
 					path := fmt.Sprintf("%s-%s.pprof", o.cpuprofile, ph.key)
 					during = func(d time.Duration) { profErr = l.fd.profile(ctx, d, path) }
 				}
@@ -232,12 +277,18 @@ func throughput(ctx context.Context, o *options, p *pki) (rows []row, err error)
 				}
 				after, _ := l.fd.metrics(ctx)
 				n := float64(max(x.n, 1))
-				fmt.Printf("  run %d  %-20s %-9s %7.0f %-6s p50 %7.3fms p99 %7.3fms  %6d measured, %5d dials; CPU flowdog %3.0f%% bench %3.0f%%; per %s: packets in %.1f out %.1f; %s\n",
+				fmt.Printf("  run %d  %-24s %-9s %7.0f %-6s p50 %7.3fms p99 %7.3fms  %6d measured, %5d dials; CPU flowdog %3.0f%% bench %3.0f%% (%.0f µs/%s); per %s: packets in %.1f out %.1f; %s\n",
 					r+1, ph.title, t.name, x.rate(), ph.unit, ms(x.pct(50)), ms(x.pct(99)),
 					x.n, x.dials, 100*x.fdCPU.Seconds()/o.duration.Seconds(), 100*x.benchCPU.Seconds()/o.duration.Seconds(),
-					strings.TrimSuffix(ph.unit, "/s"),
+					cpuPer(x), strings.TrimSuffix(ph.unit, "/s"), strings.TrimSuffix(ph.unit, "/s"),
 					x.delta(`flowdog_gwlb_packets_total{direction="in"`)/n, x.delta(`flowdog_gwlb_packets_total{direction="out"`)/n,
 					proxied(before, after))
+				if ph.cff {
+					fmt.Printf("         function invocations per req %.3f\n", x.delta(cffInvocations)/n)
+					if err := checkInvocations(t, x, o.clients); err != nil {
+						return rows, fmt.Errorf("%s, %s: %w", ph.title, t.name, err)
+					}
+				}
 				if d := x.delta("flowdog_gwlb_dropped_packets_total"); d > 0 {
 					fmt.Printf("         flowdog dropped %.0f packet(s) in the interval\n", d)
 				}
@@ -260,6 +311,37 @@ func throughput(ctx context.Context, o *options, p *pki) (rows []row, err error)
 	}
 	return rows, nil
 }
+
+// cffInvocations is the cff package's invocation counter (CloudFront's
+// FunctionInvocations), summed over its labels.
+const cffInvocations = "flowdog_cff_function_invocations_total"
+
+// checkInvocations holds the cff scenario to what it claims: the function
+// ran once for each request of the function's target and never for the
+// other. The counter is read at the interval's edges while requests are in
+// flight, so it may differ from the completed requests by up to one
+// request per client at each edge. Every response is also checked for the
+// header the function adds (see lab.get), so this is the second witness.
+func checkInvocations(t target, x rateResult, clients int) error {
+	inv := x.delta(cffInvocations)
+	if e := x.delta("flowdog_cff_function_execution_errors_total") + x.delta("flowdog_cff_function_validation_errors_total"); e > 0 {
+		return fmt.Errorf("the function failed %.0f time(s) (flowdog's log says why)", e)
+	}
+	if !t.cff {
+		if inv != 0 {
+			return fmt.Errorf("the function ran %.0f time(s) for a host it is not attached to", inv)
+		}
+		return nil
+	}
+	if d := inv - float64(x.n); d < -2*float64(clients) || d > 2*float64(clients) {
+		return fmt.Errorf("the function ran %.0f times for %d requests", inv, x.n)
+	}
+	return nil
+}
+
+// cpuPer is flowdog's CPU time per completed request (connection) in µs:
+// what the rate would cost on a machine where nothing else limits it.
+func cpuPer(x rateResult) float64 { return float64(x.fdCPU.Microseconds()) / float64(max(x.n, 1)) }
 
 // proxied summarizes what flowdog's proxy did between two metric snapshots.
 func proxied(before, after map[string]float64) string {
@@ -299,20 +381,33 @@ func rateRows(ph phase, res [2][]rateResult) []row {
 	rate := func(x rateResult) float64 { return x.rate() }
 	p50 := func(x rateResult) float64 { return ms(x.pct(50)) }
 	p99 := func(x rateResult) float64 { return ms(x.pct(99)) }
-	// CPU time per request (connection) in flowdog: what the rate would
-	// cost on a machine where nothing else limits it.
-	cpu := func(x rateResult) float64 { return float64(x.fdCPU.Microseconds()) / float64(x.n) }
+	cpu := cpuPer
 	rateAim := aim{}
-	if ph.keepAlive {
+	if ph.keepAlive && !ph.cff {
 		// The issue's aim: intercepted keep-alive HTTP at least 50% of FAST.
 		rateAim = aim{text: "INTERCEPT >= 50% of FAST", met: ratio(rate) >= 0.5}
 	}
-	return []row{
+	rows := []row{
 		{ph.title + ", " + ph.unit, fmt.Sprintf("%.0f", med(0, rate)), fmt.Sprintf("%.0f", med(1, rate)), ratio(rate), rateAim},
 		{ph.title + ", p50 ms", fmt.Sprintf("%.2f", med(0, p50)), fmt.Sprintf("%.2f", med(1, p50)), ratio(p50), aim{}},
 		{ph.title + ", p99 ms", fmt.Sprintf("%.2f", med(0, p99)), fmt.Sprintf("%.2f", med(1, p99)), ratio(p99), aim{}},
 		{ph.title + ", flowdog CPU µs per " + strings.TrimSuffix(ph.unit, "/s"), fmt.Sprintf("%.0f", med(0, cpu)), fmt.Sprintf("%.0f", med(1, cpu)), ratio(cpu), aim{}},
 	}
+	if ph.cff {
+		// The per-invocation overhead as flowdog pays it: the function's
+		// requests cost this much more CPU than the same intercepted
+		// requests without it (one invocation each, checkInvocations),
+		// paired by run so that both sides share the machine's drift.
+		diff := make([]float64, len(res[0]))
+		for k := range res[0] {
+			diff[k] = cpu(res[1][k]) - cpu(res[0][k])
+		}
+		inv := func(x rateResult) float64 { return x.delta(cffInvocations) / float64(max(x.n, 1)) }
+		rows = append(rows,
+			row{ph.title + ", function invocations per req", fmt.Sprintf("%.2f", med(0, inv)), fmt.Sprintf("%.2f", med(1, inv)), 0, aim{}},
+			row{ph.title + ", flowdog CPU µs per invocation (CFF − INTERCEPT)", "—", fmt.Sprintf("%.0f", median(diff)), 0, aim{}})
+	}
+	return rows
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -336,12 +431,18 @@ type row struct {
 	aim             aim
 }
 
-func report(rows []row) {
+// The two columns a table compares, and the ratio's heading.
+var (
+	fastCols = [2]string{"FAST", "INTERCEPT"}
+	cffCols  = [2]string{"INTERCEPT", "CFF"}
+)
+
+func report(rows []row, cols [2]string) {
 	if len(rows) == 0 {
 		return
 	}
 	fmt.Println()
-	fmt.Println("| scenario | FAST | INTERCEPT | INTERCEPT/FAST | aim | met |")
+	fmt.Printf("| scenario | %s | %s | %s/%s | aim | met |\n", cols[0], cols[1], cols[1], cols[0])
 	fmt.Println("|---|---:|---:|---:|---|---|")
 	for _, r := range rows {
 		ratio := "—"
@@ -361,6 +462,13 @@ func report(rows []row) {
 		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", r.name, r.fast, r.intercept, ratio, a, met)
 	}
 	fmt.Println()
+	if cols == cffCols {
+		fmt.Println("Both columns are intercepted keep-alive requests on the same ports of one flowdog: INTERCEPT with Host")
+		fmt.Println("www.example.com (no function attached), CFF with Host cff.bench (the viewer-request function runs once per")
+		fmt.Println("request). The last row is the difference of the CPU rows, paired by run. With -runs > 1: medians, and the")
+		fmt.Println("median of the ratios (differences) paired by run.")
+		return
+	}
 	fmt.Println("Rates are completed requests (connections) per second over the measured interval; latencies are per request")
 	fmt.Println("(per connection: dial, handshake, GET) as the client sees them. INTERCEPT/FAST of a rate: higher is better;")
 	fmt.Println("of a latency or memory: lower is better. With -runs > 1: medians, and the median of the ratios paired by run.")

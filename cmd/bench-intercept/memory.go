@@ -98,7 +98,7 @@ func ratioOrZero(a, b, minB float64) float64 {
 }
 
 func memoryOf(ctx context.Context, o *options, p *pki, t target) (r memResult, err error) {
-	l, err := newLab(ctx, o, p)
+	l, err := newLab(ctx, o, p, false)
 	if err != nil {
 		return r, err
 	}
