@@ -9,11 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/flowdog/flowdog/internal/benchutil"
 	"github.com/flowdog/flowdog/internal/loadgen"
 )
 
@@ -69,7 +67,7 @@ func childMain(js string) int {
 		return 2
 	}
 	if spec.CPU >= 0 {
-		if err := pinProcess(spec.CPU); err != nil {
+		if err := benchutil.Pin(0, spec.CPU); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
@@ -84,29 +82,4 @@ func childMain(js string) int {
 		return 1
 	}
 	return 0
-}
-
-// pinProcess restricts every thread of this process to cpus. Threads the
-// runtime starts later inherit the mask from the thread that creates them.
-func pinProcess(cpus ...int) error {
-	var set unix.CPUSet
-	for _, c := range cpus {
-		set.Set(c)
-	}
-	for range 2 { // again, for threads started while pinning
-		ents, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			return fmt.Errorf("pin: %w", err)
-		}
-		for _, e := range ents {
-			tid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("pin to CPUs %v: %w", cpus, err)
-			}
-		}
-	}
-	return nil
 }

@@ -14,7 +14,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -30,9 +29,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 
 	"github.com/flowdog/flowdog/gwlb"
+	"github.com/flowdog/flowdog/internal/benchutil"
 	"github.com/flowdog/flowdog/internal/loadgen"
 )
 
@@ -102,7 +101,7 @@ func run() error {
 		for c := 0; c < runtime.NumCPU()-1; c++ {
 			cpus = append(cpus, c)
 		}
-		if err := pinProcess(cpus...); err != nil {
+		if err := benchutil.Pin(0, cpus...); err != nil {
 			return err
 		}
 		runtime.GOMAXPROCS(len(cpus))
@@ -302,21 +301,7 @@ func report(o options, results [][2][]sample) error {
 }
 
 func printMachine(o options) {
-	cpu := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range bytes.Split(b, []byte("\n")) {
-			if k, v, ok := bytes.Cut(l, []byte(":")); ok && string(bytes.TrimSpace(k)) == "model name" {
-				cpu = string(bytes.TrimSpace(v))
-				break
-			}
-		}
-	}
-	kernel := "unknown kernel"
-	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		kernel = unix.ByteSliceToString(u.Release[:])
-	}
-	fmt.Printf("machine: %s, %d CPUs, Linux %s, %s %s/%s\n", cpu, runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Printf("machine: %s\n", benchutil.Machine())
 	pin := "not pinned"
 	if o.genCPU >= 0 {
 		pin = fmt.Sprintf("appliance on CPUs 0-%d, generator (child process) on CPU %d", o.genCPU-1, o.genCPU)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/flowdog/flowdog/ca"
+	"github.com/flowdog/flowdog/internal/benchutil"
 )
 
 // flowdogProc is flowdog running as a child process. A separate process
@@ -184,7 +185,7 @@ func startFlowdog(ctx context.Context, bin, tmp, serverCA string, cpus []int, in
 		close(f.exited)
 	}()
 	if len(cpus) > 0 {
-		if err := pinPid(cmd.Process.Pid, cpus...); err != nil {
+		if err := benchutil.Pin(cmd.Process.Pid, cpus...); err != nil {
 			return nil, errors.Join(err, f.Stop())
 		}
 	}

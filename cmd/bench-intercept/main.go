@@ -47,6 +47,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flowdog/flowdog/internal/benchutil"
 )
 
 type options struct {
@@ -147,7 +149,7 @@ func run(ctx context.Context) (err error) {
 		for c := range o.benchCPU {
 			o.flowdogCPUs = append(o.flowdogCPUs, c)
 		}
-		if err := pinPid(0, o.benchCPU); err != nil {
+		if err := benchutil.Pin(0, o.benchCPU); err != nil {
 			return err
 		}
 		runtime.GOMAXPROCS(1)
@@ -475,21 +477,7 @@ func report(rows []row, cols [2]string) {
 }
 
 func printMachine(o *options) {
-	cpu := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	kernel := "unknown kernel"
-	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		kernel = unix.ByteSliceToString(u.Release[:])
-	}
-	fmt.Printf("machine: %s, %d CPUs, Linux %s, %s %s/%s\n", cpu, runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Printf("machine: %s\n", benchutil.Machine())
 	pin := "not pinned"
 	if o.benchCPU >= 0 {
 		pin = fmt.Sprintf("flowdog on CPU(s) %v, simulator + hosts + clients + servers on CPU %d, GOMAXPROCS 1 each", o.flowdogCPUs, o.benchCPU)

@@ -1,44 +1,12 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
 
 	"golang.org/x/sys/unix"
 )
-
-// pinPid restricts every thread of process pid (0: this process) to cpus.
-// Threads started later inherit the mask of the thread that creates them,
-// so pinning the threads that exist is enough; the second pass catches
-// threads started while the first one ran.
-func pinPid(pid int, cpus ...int) error {
-	var set unix.CPUSet
-	for _, c := range cpus {
-		set.Set(c)
-	}
-	dir := "/proc/self/task"
-	if pid != 0 {
-		dir = fmt.Sprintf("/proc/%d/task", pid)
-	}
-	for range 2 {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return fmt.Errorf("pin: %w", err)
-		}
-		for _, e := range ents {
-			tid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("pin to CPUs %v: %w", cpus, err)
-			}
-		}
-	}
-	return nil
-}
 
 // cpusAllowed returns the union of the CPU masks of pid's threads, for the
 // report: it shows that pinning held for the whole run.
