@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -222,3 +223,7 @@ func chainOf(t testing.TB, h *hooks, kinds ...string) *interceptors.Chain {
 	}
 	return c
 }
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }

@@ -56,7 +56,7 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 	var rt roundTripper
 	var h1 *h1Upstream
 	if upProto == "h2" {
-		up, err := newH2Upstream(upstream)
+		up, err := newH2Upstream(upstream, o.ResponseHeaderTimeout)
 		if err != nil {
 			c.log.Warn("upstream HTTP/2 setup failed", "err", err)
 			return

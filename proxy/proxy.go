@@ -152,6 +152,16 @@ type conn struct {
 func (c *conn) serve() {
 	first, err := c.sniff()
 	if err != nil {
+		if !isTimeout(err) {
+			return // a side closed before saying anything
+		}
+		// Nobody spoke for SniffTimeout (a preconnect, a pool opened
+		// ahead of use): keep the connection, as it would be without
+		// flowdog, and pass whatever comes untouched.
+		c.client.doneSniffing()
+		c.upstream.doneSniffing()
+		c.p.m.conns("raw").Inc()
+		c.splice(c.client, c.upstream)
 		return
 	}
 	// The upstream leg is never peeked again; the client leg is done once

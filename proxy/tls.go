@@ -102,17 +102,17 @@ func (c *conn) passthroughReason(h *hello) string {
 		return "sni rule"
 	case c.p.o.Passthrough.matchAddr(dst):
 		return "destination rule"
-	case c.p.o.AutoPassthrough && c.p.auto.has(autoKey(h.SNI, dst)):
+	case c.p.o.AutoPassthrough && c.p.auto.has(c.autoKey(h.SNI, dst)):
 		return "client rejected flowdog's certificate earlier"
 	}
 	return ""
 }
 
-func autoKey(sni string, dst netip.Addr) string {
-	if sni != "" {
-		return sni
-	}
-	return dst.String()
+// autoKey scopes a learnt passthrough to the tenant, the server name and
+// the server: one client's rejection must not blind interception for other
+// tenants, or for the same name at other addresses.
+func (c *conn) autoKey(sni string, dst netip.Addr) string {
+	return c.info.EndpointID + "/" + c.info.AttachmentID + "/" + sni + "/" + dst.String()
 }
 
 // upstreamALPN offers the server what the client offered, plus HTTP/1.1
@@ -198,7 +198,7 @@ func (c *conn) interceptTLS(h *hello) {
 			c.log.Warn("client rejected flowdog's certificate (pinning, or flowdog's root not trusted)",
 				"err", err, "auto_passthrough", o.AutoPassthrough)
 			if o.AutoPassthrough {
-				c.p.auto.add(autoKey(h.SNI, dst), o.AutoPassthroughTTL)
+				c.p.auto.add(c.autoKey(h.SNI, dst), o.AutoPassthroughTTL)
 			}
 		} else {
 			c.log.Info("client TLS handshake failed", "err", err)

@@ -71,16 +71,19 @@ func (u *h1Upstream) acquire(ctx context.Context) error {
 func (u *h1Upstream) release() { <-u.sem }
 
 // RoundTrip writes req and reads its response. 100-continue is honoured:
-// the body waits for the server's 100 (or its final answer).
+// the body waits for the server's 100, its final answer, or a second (as
+// net/http's Transport does, for servers that ignore Expect).
 func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := u.acquire(req.Context()); err != nil {
 		return nil, err
 	}
 	expect := strings.EqualFold(req.Header.Get("Expect"), "100-continue") && req.Body != nil && req.Body != http.NoBody
-	var gate chan bool
+	var gate *bodyGate
 	out := req
 	if expect {
-		gate = make(chan bool, 1)
+		gate = newBodyGate()
+		t := time.AfterFunc(expectContinueTimeout, func() { gate.decide(true) })
+		defer t.Stop()
 		out = req.Clone(req.Context())
 		out.Trailer = req.Trailer // filled in when the body ends
 		out.Body = &gatedBody{rc: req.Body, gate: gate}
@@ -89,10 +92,18 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	// also unblocks a write stuck on a full window.
 	stop := context.AfterFunc(req.Context(), u.kill)
 	defer stop()
+	// The response-header timeout starts once the request is written, so a
+	// long upload is not cut short (as net/http's Transport).
+	var dl headerDeadline
 	werr := make(chan error, 1)
 	write := func() {
 		err := out.Write(u.conn)
-		if err != nil {
+		switch {
+		case err == nil:
+			dl.arm(u.conn, u.timeout)
+		case errors.Is(err, errBodyRefused):
+			err = nil // the server answered first; the connection is not reused
+		default:
 			u.kill()
 		}
 		werr <- err
@@ -107,7 +118,6 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		u.br = readers.Get().(*bufio.Reader)
 		u.br.Reset(u.conn)
 	}
-	u.conn.SetReadDeadline(time.Now().Add(u.timeout))
 	var resp *http.Response
 	var err error
 	for {
@@ -117,8 +127,7 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if resp.StatusCode == http.StatusContinue {
 			if gate != nil {
-				gate <- true
-				gate = nil
+				gate.decide(true)
 			}
 			continue
 		}
@@ -127,9 +136,10 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		break
 	}
-	u.conn.SetReadDeadline(time.Time{})
+	dl.disarm(u.conn)
+	refused := false
 	if gate != nil {
-		gate <- false // a final answer came first: the body is not sent
+		refused = !gate.decide(false) // a final answer before the body: not sent
 	}
 	if err != nil {
 		u.kill()
@@ -139,8 +149,8 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, fmt.Errorf("reading upstream response: %w", err)
 	}
-	if expect && gate == nil {
-		// The body was refused: the connection state is unclear.
+	if refused {
+		// The body was never sent: the connection state is unclear.
 		resp.Close = true
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -186,29 +196,65 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 // readers lends HTTP/1.1 upstream connections their response readers.
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 
-// gatedBody holds the request body until the server says 100 Continue.
+// expectContinueTimeout is how long a body waits for a 100 Continue.
+const expectContinueTimeout = time.Second
+
+// errBodyRefused: the server's final answer came before the body was sent.
+var errBodyRefused = errors.New("request body not sent: the server answered first")
+
+// bodyGate is decided once: send the body (a 100, or the timeout) or not (a
+// final answer first).
+type bodyGate struct {
+	once sync.Once
+	done chan struct{}
+	send bool
+}
+
+func newBodyGate() *bodyGate { return &bodyGate{done: make(chan struct{})} }
+
+// decide records v if nothing was decided yet and returns the decision.
+func (g *bodyGate) decide(v bool) bool {
+	g.once.Do(func() { g.send = v; close(g.done) })
+	return g.send
+}
+
+// gatedBody holds the request body until the gate opens.
 type gatedBody struct {
 	rc   io.ReadCloser
-	gate chan bool
-	open bool
-	shut bool
+	gate *bodyGate
 }
 
 func (g *gatedBody) Read(p []byte) (int, error) {
-	if !g.open && !g.shut {
-		if <-g.gate {
-			g.open = true
-		} else {
-			g.shut = true
-		}
-	}
-	if g.shut {
-		return 0, io.EOF
+	<-g.gate.done
+	if !g.gate.send {
+		return 0, errBodyRefused
 	}
 	return g.rc.Read(p)
 }
 
 func (g *gatedBody) Close() error { return g.rc.Close() }
+
+// headerDeadline arms the read deadline for the response headers once the
+// request is written, unless the headers came first.
+type headerDeadline struct {
+	mu   sync.Mutex
+	done bool
+}
+
+func (d *headerDeadline) arm(c net.Conn, timeout time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.done {
+		c.SetReadDeadline(time.Now().Add(timeout))
+	}
+}
+
+func (d *headerDeadline) disarm(c net.Conn) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.done = true
+	c.SetReadDeadline(time.Time{})
+}
 
 // h1Body reports when the response body ended and whether cleanly.
 type h1Body struct {
@@ -243,21 +289,57 @@ func (b *upgradedBody) Close() error                { return b.conn.Close() }
 
 // h2Upstream is the single HTTP/2 upstream connection.
 type h2Upstream struct {
-	cc *http2.ClientConn
+	cc      *http2.ClientConn
+	timeout time.Duration
 }
 
-func newH2Upstream(c net.Conn) (*h2Upstream, error) {
+func newH2Upstream(c net.Conn, headerTimeout time.Duration) (*h2Upstream, error) {
 	t := &http2.Transport{DisableCompression: true, AllowHTTP: true}
 	cc, err := t.NewClientConn(c)
 	if err != nil {
 		return nil, fmt.Errorf("HTTP/2 upstream: %w", err)
 	}
-	return &h2Upstream{cc: cc}, nil
+	return &h2Upstream{cc: cc, timeout: headerTimeout}, nil
 }
 
+// errHeaderTimeout: the server sent no response headers in time.
+var errHeaderTimeout error = headerTimeoutError{}
+
+type headerTimeoutError struct{}
+
+func (headerTimeoutError) Error() string   { return "timeout awaiting response headers" }
+func (headerTimeoutError) Timeout() bool   { return true }
+func (headerTimeoutError) Temporary() bool { return true }
+
+// RoundTrip sends req as a new stream. The stream is cancelled when the
+// headers do not come within the response-header timeout.
 func (u *h2Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !u.cc.CanTakeNewRequest() {
 		return nil, errUpstreamGone
 	}
-	return u.cc.RoundTrip(req)
+	ctx, cancel := context.WithCancelCause(req.Context())
+	t := time.AfterFunc(u.timeout, func() { cancel(errHeaderTimeout) })
+	resp, err := u.cc.RoundTrip(req.WithContext(ctx))
+	t.Stop()
+	if err != nil {
+		if errors.Is(context.Cause(ctx), errHeaderTimeout) {
+			err = errHeaderTimeout
+		}
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose releases the stream's context with its body.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel(nil)
+	return err
 }
