@@ -143,7 +143,13 @@ func exists(path string) (bool, error) {
 // writeFileAtomic writes data to a temporary file in path's directory with
 // mode perm, syncs it and renames it to path, so that path never holds a
 // partial file and a key is never readable by others, whatever the umask.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error { return WriteFile(path, data, perm) }
+
+// WriteFile replaces path with data atomically: a new temporary file in the
+// same directory (created 0600, so a key is never readable by others, not
+// even briefly, and an existing file or symlink named like it is never
+// followed), given perm, synced, then renamed over path.
+func WriteFile(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*") // created 0600
 	if err != nil {
 		return err

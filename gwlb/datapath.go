@@ -1,6 +1,7 @@
 package gwlb
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -364,6 +365,9 @@ func (d *Datapath) classify(now int64, src netip.AddrPort, local netip.Addr, p *
 			}
 		}
 		f = &Flow{Key: key, Initiator: tuple, Created: time.Unix(0, now), Rule: rule, verdict: v, shard: s}
+		if v == Drop {
+			f.dropReason = cmp.Or(reason, reasonPolicy)
+		}
 		if v == Pending {
 			f.pending = &pendingQueue{}
 		}
@@ -390,6 +394,9 @@ func (d *Datapath) classify(now int64, src netip.AddrPort, local netip.Addr, p *
 		}
 	}
 	v = f.verdict
+	if v == Drop && reason == "" {
+		reason = f.dropReason
+	}
 	if v == Pending {
 		if !f.pending.push(src, local, dgram, d.opts.PendingPackets) {
 			reason = reasonQueueFull
@@ -452,6 +459,14 @@ func (d *Datapath) decided(f *Flow, v Verdict) {
 			return
 		}
 		f.pending.deciding = true
+		if v == Intercept {
+			// Before the engine sees a packet: if the flow goes meanwhile,
+			// retire must tell the engine.
+			f.interceptSeen = true
+		}
+		if v == Drop {
+			f.dropReason = reasonAcceptor
+		}
 		q := f.pending.take()
 		if len(q) == 0 {
 			f.verdict, f.pending = v, nil
@@ -473,7 +488,7 @@ func (d *Datapath) decided(f *Flow, v Verdict) {
 					d.opts.Intercept.HandlePacket(f, pk.Inner.Raw)
 				}
 			case Drop:
-				d.m.drop(reasonPolicy).Inc()
+				d.m.drop(reasonAcceptor).Inc()
 			}
 		}
 	}

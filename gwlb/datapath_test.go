@@ -272,7 +272,9 @@ func TestAcceptorHoldsFirstPacketsWithoutBlocking(t *testing.T) {
 
 func TestAcceptorTimeoutFailsClosed(t *testing.T) {
 	acc := &delayedAcceptor{delay: -1}
-	pol := &Policy{Default: Intercept}
+	// DropReset is on: a flow dropped because its decision timed out must
+	// still drop silently (only policy drops answer with a RST).
+	pol := &Policy{Default: Intercept, DropReset: true}
 	td := startDatapath(t, Options{Policy: pol, Acceptor: acc, Intercept: &recordingIntercept{},
 		PendingTimeout: 100 * time.Millisecond, SweepInterval: 20 * time.Millisecond})
 	g := newFakeGWLB(t)

@@ -82,6 +82,9 @@ type Flow struct {
 	// interceptSeen: the interception engine has seen this flow and must
 	// hear when it goes.
 	interceptSeen bool
+	// dropReason says why a Drop flow drops (the metric's reason); only
+	// policy drops answer SYNs with a RST.
+	dropReason string
 }
 
 // Tenant returns the flow's tenant.
@@ -185,7 +188,7 @@ func (t *table) expire(now int64, pendingTimeout int64, gone func(*Flow, expireR
 			switch {
 			case f.verdict == Pending && !f.pending.deciding && now-f.Created.UnixNano() > pendingTimeout:
 				// Fail closed: an acceptor that never answers must not let a flow through.
-				f.verdict, f.pending = Drop, nil
+				f.verdict, f.pending, f.dropReason = Drop, nil, reasonPendingTimeout
 				t.pending.Add(-1)
 				victims, reasons = append(victims, f), append(reasons, expirePendingTimeout)
 			case now-f.lastSeen > t.timeout(f):

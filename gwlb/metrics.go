@@ -9,6 +9,7 @@ import (
 // Drop reasons besides the codec's malformed kinds.
 const (
 	reasonPolicy         = "policy"
+	reasonAcceptor       = "acceptor"
 	reasonTableFull      = "table_full"
 	reasonQueueFull      = "queue_full"
 	reasonPendingFull    = "pending_full"
@@ -95,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, d *Datapath) *metrics {
 	for i, r := range []string{"idle", "pending_timeout", "replaced", "shutdown"} {
 		m.expiredBy[i] = m.flowsExpired.WithLabelValues(r)
 	}
-	reasons := append(packet.Kinds(), "other", reasonPolicy, reasonTableFull, reasonQueueFull,
+	reasons := append(packet.Kinds(), "other", reasonPolicy, reasonAcceptor, reasonTableFull, reasonQueueFull,
 		reasonPendingFull, reasonPendingTimeout, reasonSendError, reasonTruncated, reasonShutdown)
 	for _, r := range reasons {
 		m.dropBy[r] = m.drops.WithLabelValues(r)

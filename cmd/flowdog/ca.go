@@ -110,7 +110,7 @@ func cmdCAInit(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(1, "%v", err)
 		}
-		if err := writeFile(*keyOut, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := ca.WriteFile(*keyOut, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return fail(1, "%v", err)
 		}
 		signer = key
@@ -127,7 +127,7 @@ func cmdCAInit(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	if err := writeFile(*out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+	if err := ca.WriteFile(*out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
 		return fail(1, "%v", err)
 	}
 	fmt.Fprintf(stdout, "wrote %s\n", *out)
@@ -136,25 +136,6 @@ func cmdCAInit(args []string, stdout, stderr io.Writer) int {
 	}
 	describeCert(cert, stdout)
 	return 0
-}
-
-// writeFile replaces path atomically with data.
-func writeFile(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // parseSubject reads "CN=x,O=y,OU=z,C=DE,ST=s,L=l".

@@ -124,6 +124,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// After the first signal starts the drain, a second one ends flowdog at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	if err := run(ctx, cfg, log, nil); err != nil {
 		log.Error("flowdog stopped", "err", err)
 		return 1
