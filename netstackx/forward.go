@@ -27,7 +27,12 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 		r.Complete(false)
 		return
 	}
-	defer t.leave()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			t.leave()
+		}
+	}()
 	e := t.e
 	id := r.ID()
 	client := addrPort(id.RemoteAddress, id.RemotePort)
@@ -98,11 +103,18 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 	}
 	e.conns.Add(1)
 	e.m.conns.Inc()
-	defer func() {
-		e.m.conns.Dec()
-		e.conns.Add(-1)
+	// Serve on a fresh goroutine: this one's stack grew in gVisor's
+	// connect and accept paths and would stay that size for as long as the
+	// connection lives, idle or not.
+	handedOff = true
+	go func() {
+		defer t.leave()
+		defer func() {
+			e.m.conns.Dec()
+			e.conns.Add(-1)
+		}()
+		t.serve(c, log)
 	}()
-	t.serve(c, log)
 }
 
 // serve runs the Handler; a panic costs this connection only.

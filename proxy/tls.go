@@ -161,7 +161,7 @@ func (c *conn) interceptTLS(h *hello) {
 		InsecureSkipVerify: o.InsecureSkipVerify,
 	})
 	hctx, cancel := context.WithTimeout(c.ctx, o.TLSHandshakeTimeout)
-	err := up.HandshakeContext(hctx)
+	err := apart(func() error { return up.HandshakeContext(hctx) })
 	cancel()
 	if err != nil {
 		c.p.m.upstreamTLSErrors.WithLabelValues(tlsErrorKind(err)).Inc()
@@ -189,7 +189,7 @@ func (c *conn) interceptTLS(h *hello) {
 	dcfg.SetSessionTicketKeys(c.p.ticketKeys)
 	down := tls.Server(c.client, dcfg)
 	hctx, cancel = context.WithTimeout(c.ctx, o.TLSHandshakeTimeout)
-	err = down.HandshakeContext(hctx)
+	err = apart(func() error { return down.HandshakeContext(hctx) })
 	cancel()
 	if err != nil {
 		kind := tlsErrorKind(err)
@@ -251,4 +251,14 @@ func tlsErrorKind(err error) string {
 		return "version"
 	}
 	return "other"
+}
+
+// apart runs f on a goroutine of its own and waits for it: a TLS handshake
+// grows a stack (crypto, and gVisor's send path), and the connection's own
+// goroutine then idles for as long as the connection lives with whatever
+// stack it grew; the runtime does not shrink a stack that is a quarter used.
+func apart(f func() error) error {
+	errc := make(chan error, 1)
+	go func() { errc <- f() }()
+	return <-errc
 }
