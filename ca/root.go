@@ -117,10 +117,10 @@ func LoadOrCreate(dir string) (root *Root, created bool, err error) {
 	// The key goes first: a crash in between leaves a key without a
 	// certificate, which the next start reports instead of silently
 	// replacing a root that clients may already trust.
-	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, false, fmt.Errorf("ca: writing root key: %w", err)
 	}
-	if err := writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+	if err := WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
 		return nil, false, fmt.Errorf("ca: writing root certificate: %w", err)
 	}
 	return &Root{Cert: cert, Signer: key}, true, nil
@@ -139,11 +139,6 @@ func exists(path string) (bool, error) {
 		return false, err
 	}
 }
-
-// writeFileAtomic writes data to a temporary file in path's directory with
-// mode perm, syncs it and renames it to path, so that path never holds a
-// partial file and a key is never readable by others, whatever the umask.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error { return WriteFile(path, data, perm) }
 
 // WriteFile replaces path with data atomically: a new temporary file in the
 // same directory (created 0600, so a key is never readable by others, not
