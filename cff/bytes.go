@@ -294,28 +294,17 @@ func (s *vmState) installNJSStrings() {
 	})
 	// fromUTF8: a UTF-8 byte string to Unicode; null when invalid.
 	def(proto, "fromUTF8", func(call goja.FunctionCall) goja.Value {
-		r := runesOf(call)
-		b := make([]byte, len(r))
-		for i, c := range r {
-			if c > 0xff {
-				return goja.Null()
-			}
-			b[i] = byte(c)
-		}
-		if !utf8.Valid(b) {
+		b, ok := latin1Bytes(runesOf(call))
+		if !ok || !utf8.Valid(b) {
 			return goja.Null()
 		}
 		return vm.ToValue(string(b))
 	})
 	// toBytes: Unicode to a byte string; null past U+00FF.
 	def(proto, "toBytes", func(call goja.FunctionCall) goja.Value {
-		r := runesOf(call)
-		b := make([]byte, len(r))
-		for i, c := range r {
-			if c > 0xff {
-				return goja.Null()
-			}
-			b[i] = byte(c)
+		b, ok := latin1Bytes(runesOf(call))
+		if !ok {
+			return goja.Null()
 		}
 		return s.byteString(b)
 	})
@@ -336,4 +325,16 @@ func clampIndex(i, n int) int {
 		i = n
 	}
 	return i
+}
+
+// latin1Bytes turns code points up to U+00FF into bytes; false past it.
+func latin1Bytes(r []rune) ([]byte, bool) {
+	b := make([]byte, len(r))
+	for i, c := range r {
+		if c > 0xff {
+			return nil, false
+		}
+		b[i] = byte(c)
+	}
+	return b, true
 }

@@ -311,12 +311,15 @@ func parseEvent(b []byte, defaultType EventType) (*event, error) {
 
 // rawQuery writes fields back as a query string, names and values as
 // they are (they are the client's raw text).
-func rawQuery(fs fields) string {
+func rawQuery(fs fields) string { return joinFields(fs, "&") }
+
+// joinFields writes name=value pairs separated by sep.
+func joinFields(fs fields, sep string) string {
 	var b strings.Builder
 	for _, f := range fs {
 		for _, v := range f.values() {
 			if b.Len() > 0 {
-				b.WriteByte('&')
+				b.WriteString(sep)
 			}
 			b.WriteString(f.name)
 			b.WriteByte('=')

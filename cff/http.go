@@ -230,20 +230,7 @@ func applyHeaders(h http.Header, orig, out fields, readOnly map[string]bool) {
 	}
 }
 
-func cookieHeader(fs fields) string {
-	var b strings.Builder
-	for _, f := range fs {
-		for _, v := range f.values() {
-			if b.Len() > 0 {
-				b.WriteString("; ")
-			}
-			b.WriteString(f.name)
-			b.WriteByte('=')
-			b.WriteString(v.value)
-		}
-	}
-	return b.String()
-}
+func cookieHeader(fs fields) string { return joinFields(fs, "; ") }
 
 func setCookieLines(fs fields) []string {
 	var lines []string
