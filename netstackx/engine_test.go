@@ -450,10 +450,11 @@ func TestCloseEndsHandlers(t *testing.T) {
 	if _, err := io.ReadAll(c); errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("client read after Close: %v, want EOF or a reset", err)
 	}
-	// HandlePacket after Close drops and counts.
+	// HandlePacket after Close drops and counts. (The data path may hand
+	// over late packets of the closed connection meanwhile: at least one.)
 	before := l.metric("flowdog_netstack_dropped_packets_total", "reason=closed")
 	l.engine.HandlePacket(&gwlb.Flow{}, benchSegment())
-	if l.metric("flowdog_netstack_dropped_packets_total", "reason=closed") != before+1 {
+	if l.metric("flowdog_netstack_dropped_packets_total", "reason=closed") < before+1 {
 		t.Error("a packet after Close was not counted as dropped")
 	}
 }
