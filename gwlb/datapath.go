@@ -470,25 +470,38 @@ func (d *Datapath) decided(f *Flow, v Verdict) {
 		q := f.pending.take()
 		if len(q) == 0 {
 			f.verdict, f.pending = v, nil
-			if v == Intercept {
-				f.interceptSeen = true
-			}
 			d.table.pending.Add(-1)
 			s.mu.Unlock()
 			return
 		}
 		s.mu.Unlock()
-		for _, pp := range q {
-			switch v {
-			case Fast:
-				d.inject.sendDatagram(pp.src, pp.local, pp.data, Fast)
-			case Intercept:
-				var pk packet.Packet
-				if pk.Decode(pp.data) == nil {
-					d.opts.Intercept.HandlePacket(f, pk.Inner.Raw)
-				}
-			case Drop:
-				d.m.drop(reasonAcceptor).Inc()
+		d.release(f, v, q)
+	}
+}
+
+// release sends a decided flow's queued packets on their way. FAST ones go
+// through the injector; release waits until it has sent them, so that the
+// flow's later packets, which workers send directly once the verdict is
+// set, cannot overtake them.
+func (d *Datapath) release(f *Flow, v Verdict, q []pendingPacket) {
+	for _, pp := range q {
+		switch v {
+		case Fast:
+			d.inject.sendDatagram(pp.src, pp.local, pp.data, Fast)
+		case Intercept:
+			var pk packet.Packet
+			if pk.Decode(pp.data) == nil {
+				d.opts.Intercept.HandlePacket(f, pk.Inner.Raw)
+			}
+		case Drop:
+			d.m.drop(reasonAcceptor).Inc()
+		}
+	}
+	if v == Fast {
+		if done := d.inject.barrier(); done != nil {
+			select {
+			case <-done:
+			case <-time.After(time.Second):
 			}
 		}
 	}

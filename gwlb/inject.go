@@ -15,9 +15,10 @@ const (
 )
 
 type outPacket struct {
-	buf []byte // outer header room + Geneve + inner
-	dst [4]byte
-	v   Verdict
+	buf  []byte // outer header room + Geneve + inner
+	dst  [4]byte
+	v    Verdict
+	done chan struct{} // a barrier (buf nil): closed once what came before is sent
 }
 
 // injector sends packets that do not come straight from a worker's batch
@@ -99,6 +100,9 @@ func (in *injector) run(ctx context.Context) {
 		}
 		m := in.d.m
 		for _, p := range held {
+			if p.done != nil {
+				continue
+			}
 			var local, gwlb [4]byte
 			copy(local[:], p.buf[12:16])
 			copy(gwlb[:], p.buf[16:20])
@@ -118,7 +122,24 @@ func (in *injector) run(ctx context.Context) {
 			}
 		}
 		for _, p := range held {
+			if p.done != nil {
+				close(p.done)
+				continue
+			}
 			in.put(p.buf)
 		}
+	}
+}
+
+// barrier returns a channel closed once every packet queued before it has
+// been handed to the kernel, or nil when the queue has no room (then the
+// caller cannot wait for order, and does not).
+func (in *injector) barrier() <-chan struct{} {
+	done := make(chan struct{})
+	select {
+	case in.ch <- outPacket{done: done}:
+		return done
+	default:
+		return nil
 	}
 }
