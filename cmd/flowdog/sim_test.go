@@ -165,8 +165,18 @@ func TestSimFastPathHTTPAndUDP(t *testing.T) {
 		})
 	}
 	l.noViolations(t)
-	in := l.metric(t, "flowdog_gwlb_packets_total", "verdict=fast,direction=in")
-	out := l.metric(t, "flowdog_gwlb_packets_total", "verdict=fast,direction=out")
+	// The connections' last segments may still be crossing: wait for the
+	// counters to settle before comparing them.
+	var in, out float64
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		in = l.metric(t, "flowdog_gwlb_packets_total", "verdict=fast,direction=in")
+		out = l.metric(t, "flowdog_gwlb_packets_total", "verdict=fast,direction=out")
+		if in == out || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if in < 1000 || in != out {
 		t.Errorf("fast packets in=%v out=%v: want many, and every one reflected", in, out)
 	}
