@@ -85,6 +85,7 @@ type ConnInfo struct {
 type Proxy struct {
 	o          Options
 	ticketKeys [][32]byte
+	sessions   sessionCaches
 	log        *slog.Logger
 	m          *metrics
 	auto       *autoPassthrough

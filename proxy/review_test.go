@@ -163,3 +163,30 @@ func TestAutoPassthroughIsPerTenantAndServer(t *testing.T) {
 		t.Error("a rejection for one server passes the same name at another address through")
 	}
 }
+
+func TestUpstreamSessionsResumePerTenant(t *testing.T) {
+	srv, pool := tlsServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS.DidResume {
+			w.Header().Set("X-Resumed", "yes")
+		}
+	}), false)
+	r := newRig(t, srv.Listener.Addr().String(), Options{UpstreamRoots: pool})
+	resumed := 0
+	for range 3 {
+		cl := r.client(false, "example.com") // a new client: a new connection, a new upstream
+		resp, err := cl.Get("https://example.com/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.Header.Get("X-Resumed") == "yes" {
+			resumed++
+		}
+	}
+	if resumed < 2 {
+		t.Errorf("%d of 3 upstream connections resumed, want the later two", resumed)
+	}
+	if r.p.sessions.get("vpce-a/1") == r.p.sessions.get("vpce-b/1") {
+		t.Error("two tenants share a session cache")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flowdog/flowdog/ca"
@@ -159,6 +160,9 @@ func (c *conn) interceptTLS(h *hello) {
 		NextProtos:         upstreamALPN(h.ALPN),
 		RootCAs:            o.UpstreamRoots,
 		InsecureSkipVerify: o.InsecureSkipVerify,
+		// Resume sessions with servers, as the client itself would: a
+		// cache per tenant, so that tenants never share session state.
+		ClientSessionCache: c.p.sessions.get(c.info.EndpointID + "/" + c.info.AttachmentID),
 	})
 	hctx, cancel := context.WithTimeout(c.ctx, o.TLSHandshakeTimeout)
 	err := apart(func() error { return up.HandshakeContext(hctx) })
@@ -261,4 +265,29 @@ func apart(f func() error) error {
 	errc := make(chan error, 1)
 	go func() { errc <- f() }()
 	return <-errc
+}
+
+// sessionCaches holds one TLS client session cache per tenant, bounded.
+type sessionCaches struct {
+	mu sync.Mutex
+	m  map[string]tls.ClientSessionCache
+}
+
+const (
+	maxTenantCaches  = 1024
+	sessionsPerCache = 1024
+)
+
+func (s *sessionCaches) get(tenant string) tls.ClientSessionCache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.m[tenant]; ok {
+		return c
+	}
+	if s.m == nil || len(s.m) >= maxTenantCaches {
+		s.m = map[string]tls.ClientSessionCache{} // bounded: start over
+	}
+	c := tls.NewLRUClientSessionCache(sessionsPerCache)
+	s.m[tenant] = c
+	return c
 }
