@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/flowdog/flowdog/gwlbsim"
 )
 
 var families = []struct{ name, addr string }{{"ipv4", serverV4}, {"ipv6", serverV6}}
@@ -329,7 +331,7 @@ func TestLargeTransfer(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	type snap struct {
 		m  metrics
-		st simStats
+		st gwlbsim.Report
 	}
 	// quiet waits until neither side counts anything more: a packet in
 	// flight would be counted by one and not yet by the other.

@@ -27,6 +27,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flowdog/flowdog/gwlbsim"
+	"github.com/flowdog/flowdog/internal/promtext"
 )
 
 // The local VPC, as e2e/vpc.sh builds it.
@@ -305,27 +308,13 @@ next:
 
 // --- counters ------------------------------------------------------------
 
-// simStats is gwlbsim's /stats (cmd/gwlbsim/tun.go).
-type simStats struct {
-	Sent             uint64            `json:"sent"`
-	Received         uint64            `json:"received"`
-	Delivered        uint64            `json:"delivered"`
-	NoHost           uint64            `json:"no_host"`
-	Filtered         uint64            `json:"filtered"`
-	SendErrors       uint64            `json:"send_errors"`
-	DeviceErrors     uint64            `json:"device_errors"`
-	ViolationCount   uint64            `json:"violation_count"`
-	Violations       map[string]uint64 `json:"violations"`
-	RecentViolations []string          `json:"recent_violations"`
-}
-
-func getSimStats(t testing.TB) simStats {
+func getSimStats(t testing.TB) gwlbsim.Report {
 	t.Helper()
 	r := nsRun(t, 10*time.Second, "gateway", "curl", "-sSf", "http://127.0.0.1:9091/stats")
 	if r.code != 0 {
 		t.Fatalf("gwlbsim stats: %v", r)
 	}
-	var st simStats
+	var st gwlbsim.Report
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
 		t.Fatalf("gwlbsim stats %q: %v", r.stdout, err)
 	}
@@ -355,20 +344,9 @@ func getMetrics(t testing.TB) metrics {
 	if r.code != 0 {
 		t.Fatalf("flowdog metrics: %v", r)
 	}
-	m := metrics{}
-	for _, l := range strings.Split(r.stdout, "\n") {
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(l[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[l[:i]] = v
+	m, err := promtext.Parse(strings.NewReader(r.stdout))
+	if err != nil {
+		t.Fatalf("flowdog metrics: %v", err)
 	}
 	return m
 }

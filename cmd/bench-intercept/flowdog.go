@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/flowdog/flowdog/ca"
 	"github.com/flowdog/flowdog/internal/benchutil"
+	"github.com/flowdog/flowdog/internal/promtext"
 )
 
 // flowdogProc is flowdog running as a child process. A separate process
@@ -297,25 +297,7 @@ func (f *flowdogProc) metrics(ctx context.Context) (map[string]float64, error) {
 	if err := f.adminGet(ctx, "/metrics", &b); err != nil {
 		return nil, err
 	}
-	m := make(map[string]float64)
-	sc := bufio.NewScanner(&b)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(l[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[l[:i]] = v
-	}
-	return m, sc.Err()
+	return promtext.Parse(&b)
 }
 
 // profile writes a CPU profile of the next d to path.

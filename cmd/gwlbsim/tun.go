@@ -20,35 +20,6 @@ type tunOptions struct {
 	device, endpointID, attachmentID, statsAddr string
 }
 
-// statsJSON is what /stats serves and what is printed on exit. The names
-// are a contract with e2e/, which compares them with flowdog's metrics.
-type statsJSON struct {
-	Sent             uint64            `json:"sent"`
-	Received         uint64            `json:"received"`
-	Delivered        uint64            `json:"delivered"`
-	NoHost           uint64            `json:"no_host"`
-	Filtered         uint64            `json:"filtered"`
-	SendErrors       uint64            `json:"send_errors"`
-	DeviceErrors     uint64            `json:"device_errors"`
-	ViolationCount   uint64            `json:"violation_count"`
-	Violations       map[string]uint64 `json:"violations"`
-	RecentViolations []string          `json:"recent_violations"`
-}
-
-func snapshot(sim *gwlbsim.Sim) statsJSON {
-	st := sim.Stats()
-	out := statsJSON{
-		Sent: st.Sent, Received: st.Received, Delivered: st.Delivered, NoHost: st.NoHost,
-		Filtered: st.Filtered, SendErrors: st.SendErrors, DeviceErrors: st.DeviceErrors,
-		ViolationCount: st.ViolationCount(), Violations: st.Violations,
-		RecentViolations: []string{},
-	}
-	for _, v := range sim.Violations() {
-		out.RecentViolations = append(out.RecentViolations, v.Time.Format(time.RFC3339Nano)+" "+v.String())
-	}
-	return out
-}
-
 // runTUN plays GWLB for the kernel behind a TUN device until ctx ends.
 func runTUN(ctx context.Context, log *slog.Logger, sim *gwlbsim.Sim, o tunOptions) int {
 	ep, err := parseEndpointID(o.endpointID)
@@ -81,7 +52,7 @@ func runTUN(ctx context.Context, log *slog.Logger, sim *gwlbsim.Sim, o tunOption
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(snapshot(sim))
+			json.NewEncoder(w).Encode(sim.Report())
 		})
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
@@ -95,7 +66,7 @@ func runTUN(ctx context.Context, log *slog.Logger, sim *gwlbsim.Sim, o tunOption
 		"source_ports", sim.SourcePorts(), "stats", o.statsAddr)
 	<-ctx.Done()
 
-	st := snapshot(sim)
+	st := sim.Report()
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	enc.Encode(st)
