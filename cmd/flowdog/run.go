@@ -255,7 +255,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	case <-ctx.Done():
 		health.SetDraining()
 		drain := cfg.Shutdown.Drain.D()
-		log.Info("draining: health checks now fail; serving existing flows", "drain", drain.String())
+		log.Info("draining: health checks now fail; serving existing flows (a second signal stops at once)", "drain", drain.String())
 		t := time.NewTimer(drain)
 		select {
 		case <-t.C:
