@@ -352,15 +352,7 @@ func TestInterceptWebSocketAndRawTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go testutil.Echo(ln)
 	c, err := client.DialTCP(context.Background(), netip.AddrPortFrom(serverV4, 7))
 	if err != nil {
 		t.Fatal(err)

@@ -224,15 +224,7 @@ func TestSimCookieReassignedWhenTupleReused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go testutil.Echo(ln)
 	src := netip.AddrPortFrom(clientV4, 40000)
 	dst := netip.AddrPortFrom(serverV4, 7)
 	var cookies []uint32

@@ -3,6 +3,8 @@
 package testutil
 
 import (
+	"io"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -105,5 +107,20 @@ func HeapPeak() (stop func() uint64) {
 		close(done)
 		<-finished
 		return peak
+	}
+}
+
+// Echo serves ln until it is closed, echoing each connection back until
+// its client half-closes.
+func Echo(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			io.Copy(c, c)
+			c.Close()
+		}()
 	}
 }
