@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,11 +35,28 @@ type Conn struct {
 	Upstream   net.Conn
 	ClientAddr netip.AddrPort
 	ServerAddr netip.AddrPort
+
+	detached atomic.Bool
+	once     sync.Once
+	end      func()
 }
 
-// Handler serves one Conn and closes both legs when done. ctx ends when the
-// engine closes. The legs also fail (reads and writes return errors) when
-// the flow leaves the data path's flow table or the engine closes.
+// Detach lets the connection outlive its Handler: when the Handler returns,
+// both legs stay open and the connection stays counted until release is
+// called. A Handler that keeps an idle connection without a goroutine (it
+// waits with TCPConn.OnReadable) detaches it; whoever then serves it must
+// call release exactly when done: it closes both legs.
+func (c *Conn) Detach() (release func()) {
+	c.detached.Store(true)
+	return c.release
+}
+
+func (c *Conn) release() { c.once.Do(c.end) }
+
+// Handler serves one Conn and closes both legs when done, unless it
+// detached the Conn. ctx ends when the engine closes. The legs also fail
+// (reads and writes return errors) when the flow leaves the data path's
+// flow table or the engine closes.
 type Handler func(ctx context.Context, c *Conn)
 
 // Config configures an Engine. Zero values take the documented defaults.

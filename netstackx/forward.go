@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -57,7 +58,7 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 	}
 
 	ctx, cancel := context.WithTimeout(t.ctx, e.cfg.DialTimeout)
-	up, upEP, err := dialFrom(ctx, t.stack, client, server)
+	up, upEP, upWQ, err := dialFrom(ctx, t.stack, client, server)
 	cancel()
 	if err != nil {
 		var terr tcpipError
@@ -96,8 +97,8 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 	c := &Conn{
 		Flow:       f,
 		Tenant:     t.id,
-		Client:     &TCPConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep},
-		Upstream:   &TCPConn{TCPConn: up, ep: upEP},
+		Client:     &TCPConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep, wq: &wq},
+		Upstream:   &TCPConn{TCPConn: up, ep: upEP, wq: upWQ},
 		ClientAddr: client,
 		ServerAddr: server,
 	}
@@ -107,14 +108,16 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 	// connect and accept paths and would stay that size for as long as the
 	// connection lives, idle or not.
 	handedOff = true
-	go func() {
-		defer t.leave()
-		defer func() {
-			e.m.conns.Dec()
-			e.conns.Add(-1)
-		}()
-		t.serve(c, log)
-	}()
+	c.end = func() {
+		// Closing again is a no-op, and makes sure that no Handler
+		// leaks an endpoint.
+		c.Client.Close()
+		c.Upstream.Close()
+		e.m.conns.Dec()
+		e.conns.Add(-1)
+		t.leave()
+	}
+	go t.serve(c, log)
 }
 
 // serve runs the Handler; a panic costs this connection only.
@@ -122,11 +125,12 @@ func (t *tenant) serve(c *Conn, log *slog.Logger) {
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("connection handler panicked; connection reset", "panic", p)
+			c.release() // whoever it was detached for is not to be trusted
+			return
 		}
-		// The Handler closes both legs; closing again is a no-op, and
-		// makes sure a returning Handler never leaks an endpoint.
-		c.Client.Close()
-		c.Upstream.Close()
+		if !c.detached.Load() {
+			c.release()
+		}
 	}()
 	t.e.h(t.e.ctx, c)
 }
@@ -137,12 +141,62 @@ func (t *tenant) serve(c *Conn, log *slog.Logger) {
 type TCPConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
+	wq *waiter.Queue
 }
 
 // Reset closes the connection abortively: the peer gets a RST.
 func (c *TCPConn) Reset() error {
 	c.ep.Abort()
 	return c.TCPConn.Close()
+}
+
+// readMask is what makes a Read return at once: data, a FIN, a reset or
+// an error.
+const readMask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+// Readable reports whether a Read would return at once.
+func (c *TCPConn) Readable() bool { return c.ep.Readiness(readMask) != 0 }
+
+// OnReadable runs f on a goroutine of its own once the connection becomes
+// readable (at once if it already is), so that an idle connection needs no
+// goroutine blocked in Read. stop cancels it and reports whether it did so
+// before f was started.
+func (c *TCPConn) OnReadable(f func()) (stop func() bool) {
+	w := &readableWaiter{q: c.wq, f: f}
+	w.entry.Init(w, readMask)
+	c.wq.EventRegister(&w.entry)
+	if c.ep.Readiness(readMask) != 0 {
+		w.NotifyEvent(readMask)
+	}
+	return w.stop
+}
+
+type readableWaiter struct {
+	entry waiter.Entry
+	q     *waiter.Queue
+	fired atomic.Bool
+	f     func()
+}
+
+// NotifyEvent runs under the queue's lock, on gVisor's goroutines: it
+// must not block, nor touch the queue.
+func (w *readableWaiter) NotifyEvent(waiter.EventMask) {
+	if w.fired.CompareAndSwap(false, true) {
+		go w.run()
+	}
+}
+
+func (w *readableWaiter) run() {
+	w.q.EventUnregister(&w.entry)
+	w.f()
+}
+
+func (w *readableWaiter) stop() bool {
+	if !w.fired.CompareAndSwap(false, true) {
+		return false
+	}
+	w.q.EventUnregister(&w.entry)
+	return true
 }
 
 // tcpipError carries a gVisor error so callers can tell refusals from
@@ -172,11 +226,11 @@ func isTimeout(err tcpip.Error) bool {
 // it); and gVisor's error is kept for the caller.
 func dialFrom(ctx context.Context, s interface {
 	NewEndpoint(tcpip.TransportProtocolNumber, tcpip.NetworkProtocolNumber, *waiter.Queue) (tcpip.Endpoint, tcpip.Error)
-}, local, remote netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
-	var wq waiter.Queue
-	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, netProto(remote.Addr()), &wq)
+}, local, remote netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, *waiter.Queue, error) {
+	wq := new(waiter.Queue)
+	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, netProto(remote.Addr()), wq)
 	if terr != nil {
-		return nil, nil, fmt.Errorf("netstackx: dial %v->%v: new endpoint: %w", local, remote, tcpipError{terr})
+		return nil, nil, nil, fmt.Errorf("netstackx: dial %v->%v: new endpoint: %w", local, remote, tcpipError{terr})
 	}
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&entry)
@@ -184,23 +238,23 @@ func dialFrom(ctx context.Context, s interface {
 	ep.SocketOptions().SetReuseAddress(true)
 	if terr := ep.Bind(fullAddr(local)); terr != nil {
 		ep.Close()
-		return nil, nil, fmt.Errorf("netstackx: dial %v->%v: bind: %w", local, remote, tcpipError{terr})
+		return nil, nil, nil, fmt.Errorf("netstackx: dial %v->%v: bind: %w", local, remote, tcpipError{terr})
 	}
 	terr = ep.Connect(fullAddr(remote))
 	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, nil, fmt.Errorf("netstackx: dial %v->%v: %w", local, remote, ctx.Err())
+			return nil, nil, nil, fmt.Errorf("netstackx: dial %v->%v: %w", local, remote, ctx.Err())
 		case <-notify:
 		}
 		terr = ep.LastError()
 	}
 	if terr != nil {
 		ep.Close()
-		return nil, nil, fmt.Errorf("netstackx: dial %v->%v: %w", local, remote, tcpipError{terr})
+		return nil, nil, nil, fmt.Errorf("netstackx: dial %v->%v: %w", local, remote, tcpipError{terr})
 	}
-	return gonet.NewTCPConn(&wq, ep), ep, nil
+	return gonet.NewTCPConn(wq, ep), ep, wq, nil
 }
 
 func netProto(a netip.Addr) tcpip.NetworkProtocolNumber {

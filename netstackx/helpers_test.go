@@ -283,22 +283,22 @@ func randBytes(seed uint64, n int) []byte {
 // handlerLog records the connections a Handler saw.
 type handlerLog struct {
 	mu    sync.Mutex
-	conns []Conn
+	conns []*Conn
 }
 
 func (h *handlerLog) wrap(next Handler) Handler {
 	return func(ctx context.Context, c *Conn) {
 		h.mu.Lock()
-		h.conns = append(h.conns, *c)
+		h.conns = append(h.conns, c)
 		h.mu.Unlock()
 		next(ctx, c)
 	}
 }
 
-func (h *handlerLog) all() []Conn {
+func (h *handlerLog) all() []*Conn {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return append([]Conn(nil), h.conns...)
+	return append([]*Conn(nil), h.conns...)
 }
 
 func testCounter(c prometheus.Counter) float64 {

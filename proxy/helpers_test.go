@@ -11,11 +11,14 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowdog/flowdog/ca"
 	"github.com/flowdog/flowdog/interceptors"
@@ -45,11 +48,67 @@ type rig struct {
 	ln       net.Listener
 	upstream string
 	wg       sync.WaitGroup
+	blocking bool
+
+	detached, released atomic.Int64
+}
+
+// pollTCP gives a real TCP connection the readiness reports that
+// netstackx's legs have, by polling its socket, so that the proxy parks
+// idle connections here as it does in flowdog.
+type pollTCP struct {
+	*net.TCPConn
+	fd     int
+	closed atomic.Bool
+}
+
+func newPollTCP(c *net.TCPConn) *pollTCP {
+	p := &pollTCP{TCPConn: c, fd: -1}
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { p.fd = int(fd) })
+	}
+	return p
+}
+
+func (p *pollTCP) Close() error {
+	p.closed.Store(true)
+	return p.TCPConn.Close()
+}
+
+func (p *pollTCP) Readable() bool {
+	if p.closed.Load() || p.fd < 0 {
+		return true // a Read fails at once
+	}
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+	n, err := unix.Poll(fds, 0)
+	return err != nil || n > 0
+}
+
+func (p *pollTCP) OnReadable(f func()) (stop func() bool) {
+	var state atomic.Int32 // 0 waiting, 1 fired, 2 stopped
+	go func() {
+		for state.Load() == 0 {
+			if p.Readable() {
+				if state.CompareAndSwap(0, 1) {
+					f()
+				}
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return func() bool { return state.CompareAndSwap(0, 2) }
 }
 
 func newRig(t testing.TB, upstream string, o Options) *rig {
+	return newRigMode(t, upstream, o, false)
+}
+
+// newRigMode is newRig; blocking serves without parking: the legs cannot
+// report readiness (the proxy then waits in Read, as net/http does).
+func newRigMode(t testing.TB, upstream string, o Options, blocking bool) *rig {
 	t.Helper()
-	r := &rig{reg: prometheus.NewRegistry(), upstream: upstream}
+	r := &rig{reg: prometheus.NewRegistry(), upstream: upstream, blocking: blocking}
 	o.Registerer = r.reg
 	if o.CA == nil {
 		o.CA = testCA(t)
@@ -77,7 +136,22 @@ func newRig(t testing.TB, upstream string, o Options) *rig {
 			}
 			info := ConnInfo{EndpointID: "vpce-0123456789abcdef0", AttachmentID: "00000000000000a1", FlowCookie: 0xc00c1e,
 				Client: c.RemoteAddr().(*net.TCPAddr).AddrPort(), Server: netip.MustParseAddrPort(r.upstream)}
-			r.wg.Go(func() { r.p.Serve(ctx, info, c, up) })
+			if r.blocking {
+				r.wg.Go(func() { r.p.Serve(ctx, info, c, up) })
+				continue
+			}
+			// As netstackx does: legs that report readiness, and a
+			// connection that may outlive Serve.
+			info.Detach = func() func() {
+				r.detached.Add(1)
+				r.wg.Add(1)
+				return sync.OnceFunc(func() {
+					r.released.Add(1)
+					r.wg.Done()
+				})
+			}
+			pc, pu := newPollTCP(c.(*net.TCPConn)), newPollTCP(up.(*net.TCPConn))
+			r.wg.Go(func() { r.p.Serve(ctx, info, pc, pu) })
 		}
 	})
 	t.Cleanup(func() {

@@ -37,10 +37,12 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 	if isTLS(client) {
 		scheme = "https"
 	}
-	hs := &http.Server{
-		ReadHeaderTimeout: o.HeaderTimeout,
-		IdleTimeout:       o.IdleTimeout,
-		ErrorLog:          discardLog,
+	var hs *http.Server // HTTP/2 on the client leg
+	var s *h1Server     // HTTP/1.1 on the client leg
+	if h2 {
+		hs = &http.Server{ReadHeaderTimeout: o.HeaderTimeout, IdleTimeout: o.IdleTimeout, ErrorLog: discardLog}
+	} else {
+		s = newH1Server(c, client)
 	}
 	var once sync.Once
 	gone := func() {
@@ -48,7 +50,7 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 			if h2 {
 				go hs.Shutdown(c.ctx) // GOAWAY; streams in flight finish
 			} else {
-				hs.SetKeepAlivesEnabled(false) // closes when idle or after this response
+				s.upstreamGone() // closes when idle or after this response
 			}
 		})
 	}
@@ -76,29 +78,24 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		BufferPool:     copyBuffers,
 		ErrorLog:       discardLog,
 	}
-	hs.Handler = h
-	if h2 {
-		srv := &http2.Server{IdleTimeout: o.IdleTimeout, MaxUploadBufferPerConnection: 1 << 20}
-		if err := http2.ConfigureServer(hs, srv); err != nil {
-			c.log.Error("HTTP/2 server setup failed", "err", err)
-			return
+	if !h2 {
+		s.h = h
+		if h1 != nil {
+			s.watchUpstream(h1)
 		}
-		srv.ServeConn(client, &http2.ServeConnOpts{Context: c.ctx, Handler: h, BaseConfig: hs})
-		h.wg.Wait()
+		// When it parks, the connection lives on detached: nothing here
+		// may close it.
+		s.serve()
 		return
 	}
-	ln := newOneConnListener(client)
-	// This leg is HTTP/1.1 (ALPN said so): no HTTP/2 server set up per connection.
-	hs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
-	hs.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateClosed || s == http.StateHijacked {
-			ln.done()
-		}
+	hs.Handler = h
+	srv := &http2.Server{IdleTimeout: o.IdleTimeout, MaxUploadBufferPerConnection: 1 << 20}
+	if err := http2.ConfigureServer(hs, srv); err != nil {
+		c.log.Error("HTTP/2 server setup failed", "err", err)
+		return
 	}
-	stop := context.AfterFunc(c.ctx, func() { hs.Close() })
-	defer stop()
-	_ = hs.Serve(ln)
-	h.wg.Wait() // hijacked (upgraded) connections run on
+	srv.ServeConn(client, &http2.ServeConnOpts{Context: c.ctx, Handler: h, BaseConfig: hs})
+	h.wg.Wait()
 }
 
 var discardLog = log.New(io.Discard, "", 0)
@@ -255,35 +252,6 @@ func isWebSocketUpgrade(r *http.Request) bool {
 	return httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") &&
 		strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
-
-// oneConnListener hands http.Server a single connection, then blocks until
-// that connection is done, so Serve returns when the client leaves.
-type oneConnListener struct {
-	c      net.Conn
-	once   sync.Once
-	taken  chan struct{}
-	closed chan struct{}
-	close  sync.Once
-}
-
-func newOneConnListener(c net.Conn) *oneConnListener {
-	l := &oneConnListener{c: c, taken: make(chan struct{}, 1), closed: make(chan struct{})}
-	l.taken <- struct{}{}
-	return l
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	select {
-	case <-l.taken:
-		return l.c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *oneConnListener) done()          { l.close.Do(func() { close(l.closed) }) }
-func (l *oneConnListener) Close() error   { l.done(); return nil }
-func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
 
 // copyBuffers lends ReverseProxy its copy buffers instead of a new 32 KiB
 // one per response.

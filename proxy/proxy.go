@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,6 +80,12 @@ type ConnInfo struct {
 	FlowCookie   uint32
 	Client       netip.AddrPort
 	Server       netip.AddrPort
+	// Detach, when set, lets Serve return while the connection lives on
+	// without a goroutine (an idle HTTP/1.1 keep-alive connection whose
+	// legs can report readiness, as netstackx's do). Serve calls it before
+	// returning early, and calls the release it returned once both legs
+	// are closed (netstackx.Conn.Detach).
+	Detach func() (release func())
 }
 
 // Proxy serves intercepted connections.
@@ -110,31 +117,46 @@ func New(o Options) (*Proxy, error) {
 	return p, nil
 }
 
-// Serve handles one connection until either side is done, then closes both.
+// Serve handles one connection until either side is done, then closes both
+// legs; or, with info.Detach, until the connection is idle (see
+// ConnInfo.Detach).
 func (p *Proxy) Serve(ctx context.Context, info ConnInfo, client, upstream net.Conn) {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// Closing both legs when ctx ends unblocks every read below.
-	stop := context.AfterFunc(ctx, func() {
-		client.Close()
-		upstream.Close()
+	rawClient, rawUp := client, upstream
+	c := &conn{p: p, ctx: ctx, cancel: cancel, info: info, rawClient: client, rawUp: upstream}
+	// Closing both legs when ctx ends unblocks every read, and wakes a
+	// parked connection to finish.
+	c.stopAfter = context.AfterFunc(ctx, func() {
+		rawClient.Close()
+		rawUp.Close()
 	})
-	defer stop()
-	defer client.Close()
-	defer upstream.Close()
+	if info.Detach != nil {
+		if pc, ok := client.(pollable); ok {
+			c.pollClient = &pollConn{Conn: client, p: pc}
+			client = c.pollClient
+		}
+		if pu, ok := upstream.(pollable); ok {
+			c.pollUp = &pollConn{Conn: upstream, p: pu}
+			upstream = c.pollUp
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			p.m.panics.Inc()
 			p.log.Error("proxy panic; connection closed", "client", info.Client.String(), "server", info.Server.String(), "panic", r)
+			c.finish()
+			return
+		}
+		if !c.detached {
+			c.finish()
 		}
 	}()
 
-	f := &interceptors.Flow{
+	c.flow = &interceptors.Flow{
 		EndpointID: info.EndpointID, AttachmentID: info.AttachmentID, FlowCookie: info.FlowCookie,
 		Client: info.Client, Server: info.Server, Protocol: "tcp",
 	}
-	c := &conn{p: p, ctx: ctx, info: info, flow: f,
-		client: newBufConn(client), upstream: newBufConn(upstream)}
+	c.client, c.upstream = newBufConn(client), newBufConn(upstream)
 	c.log = p.log.With("client", info.Client.String(), "server", info.Server.String())
 	c.serve()
 }
@@ -143,11 +165,45 @@ func (p *Proxy) Serve(ctx context.Context, info ConnInfo, client, upstream net.C
 type conn struct {
 	p        *Proxy
 	ctx      context.Context
+	cancel   context.CancelFunc
 	info     ConnInfo
 	flow     *interceptors.Flow
 	log      *slog.Logger
 	client   *bufConn
 	upstream *bufConn
+
+	rawClient, rawUp   net.Conn  // as Serve got them
+	pollClient, pollUp *pollConn // nil unless the legs can park
+	stopAfter          func() bool
+	detached           bool // set by the goroutine serving, before it parks
+	release            func()
+	finished           sync.Once
+}
+
+// detach lets the connection outlive Serve's goroutine.
+func (c *conn) detach() bool {
+	if c.detached {
+		return true
+	}
+	if c.info.Detach == nil {
+		return false
+	}
+	c.release = c.info.Detach()
+	c.detached = true
+	return true
+}
+
+// finish closes both legs and lets the connection go; only once.
+func (c *conn) finish() {
+	c.finished.Do(func() {
+		c.stopAfter()
+		c.rawClient.Close()
+		c.rawUp.Close()
+		c.cancel()
+		if c.release != nil {
+			c.release()
+		}
+	})
 }
 
 func (c *conn) serve() {
@@ -315,6 +371,10 @@ func reset(c net.Conn) {
 		}
 		if w, ok := c.(*watchConn); ok {
 			c = w.Conn
+			continue
+		}
+		if p, ok := c.(*pollConn); ok {
+			c = p.Conn
 			continue
 		}
 		break

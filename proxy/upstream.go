@@ -163,6 +163,11 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	closeAfter := resp.Close || req.Close
+	if closeAfter && u.onDead != nil {
+		// Say so now, while the client's response header can still tell
+		// it that this is the connection's last response.
+		u.onDead()
+	}
 	resp.Body = &h1Body{rc: resp.Body, done: func(clean bool) {
 		// Reuse the connection only when both the request and the
 		// response went through whole.
@@ -191,6 +196,38 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		u.release()
 	}}
 	return resp, nil
+}
+
+// idleCheck reads, without waiting, what the server sent while no request
+// was out (pc is the leg under TLS). A TLS session ticket is consumed by
+// crypto/tls and changes nothing; anything else (a FIN, a reset, bytes out
+// of turn) ends the connection, as the server meant. It reports whether the
+// connection is still usable.
+func (u *h1Upstream) idleCheck(pc *pollConn) bool {
+	select {
+	case u.sem <- struct{}{}:
+	default:
+		return true // a request is out: its response reader sees it
+	}
+	defer u.release()
+	if u.isDead() {
+		return false
+	}
+	var b [1]byte
+	var n int
+	err := pc.tryRead(func() (err error) {
+		if u.br != nil {
+			n, err = u.br.Read(b[:])
+		} else {
+			n, err = u.conn.Read(b[:])
+		}
+		return err
+	})
+	if n == 0 && isTimeout(err) {
+		return true
+	}
+	u.kill()
+	return false
 }
 
 // readers lends HTTP/1.1 upstream connections their response readers.

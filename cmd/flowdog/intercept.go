@@ -110,6 +110,7 @@ func (in *interception) serve(ctx context.Context, c *netstackx.Conn) {
 		FlowCookie:   c.Flow.Envelope().Cookie,
 		Client:       c.ClientAddr,
 		Server:       c.ServerAddr,
+		Detach:       c.Detach,
 	}, c.Client, c.Upstream)
 }
 
