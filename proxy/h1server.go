@@ -227,6 +227,7 @@ func (s *h1Server) park() bool {
 		return false
 	}
 	s.releaseBuffers()
+	s.c.p.m.parked.Inc()
 	s.parkMu.Lock()
 	defer s.parkMu.Unlock()
 	s.woken = false
@@ -250,6 +251,7 @@ func (s *h1Server) wake(why wakeReason) {
 	stops, timer := s.stops, s.timer
 	s.stops, s.timer = [2]func() bool{}, nil
 	s.parkMu.Unlock()
+	s.c.p.m.parked.Dec()
 	for _, stop := range stops {
 		if stop != nil {
 			stop()

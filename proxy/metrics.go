@@ -11,6 +11,7 @@ type metrics struct {
 	interceptorErrors *prometheus.CounterVec
 	wsMessages        *prometheus.CounterVec
 	panics            prometheus.Counter
+	parked            prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,10 +48,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "flowdog_proxy_panics_total",
 			Help: "Panics recovered in the proxy (each costs one connection).",
 		}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowdog_proxy_parked_connections",
+			Help: "Idle HTTP/1.1 client connections waiting for their next request without a goroutine or buffers.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.requests, m.upstreamTLSErrors, m.clientTLSErrors, m.badGateway,
-			m.interceptorErrors, m.wsMessages, m.panics)
+			m.interceptorErrors, m.wsMessages, m.panics, m.parked)
 	}
 	return m
 }

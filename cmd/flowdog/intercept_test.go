@@ -572,5 +572,27 @@ func TestIntercept1000ConcurrentConnections(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of %d connections failed", failed, n)
 	}
+	// Idle now: every connection waits for its next request with no
+	// goroutine of flowdog's (the simulator's web server has one each).
+	testutil.Eventually(t, 30*time.Second, "all idle connections parked", func() bool {
+		return l.metric(t, "flowdog_proxy_parked_connections", "") == n
+	})
+	if g := testutil.GoroutinesIn("github.com/flowdog/flowdog/proxy.", "github.com/flowdog/flowdog/netstackx.(*tenant).serve"); g > n/100 {
+		t.Errorf("%d goroutines in the proxy with %d idle connections, want (about) none", g, n)
+	}
+	// And they are still served.
+	for i, c := range conns[:10] {
+		io.WriteString(c, "GET /again HTTP/1.1\r\nHost: 198.51.100.10\r\n\r\n")
+		buf := make([]byte, 512)
+		if k, err := c.Read(buf); err != nil || !bytes.HasPrefix(buf[:k], []byte("HTTP/1.1 200")) {
+			t.Errorf("connection %d after parking: %q %v", i, buf[:k], err)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	testutil.Eventually(t, 30*time.Second, "closed connections unparked", func() bool {
+		return l.metric(t, "flowdog_proxy_parked_connections", "") == 0
+	})
 	l.noViolations(t)
 }

@@ -124,3 +124,36 @@ func Echo(ln net.Listener) {
 		}()
 	}
 }
+
+// GoroutinesIn counts the goroutines whose stack has a frame of a function
+// whose name starts with one of prefixes ("github.com/x/y.(*T).serve").
+func GoroutinesIn(prefixes ...string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		for _, line := range strings.Split(g, "\n") {
+			if hasAnyPrefix(line, prefixes) {
+				count++
+				break
+			}
+		}
+	}
+	return count
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
