@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/flowdog/flowdog/gwlbsim"
+	"golang.org/x/net/http2"
 )
 
 var (
@@ -153,7 +154,9 @@ func newLab(ctx context.Context, o *options, p *pki, withCFF bool) (l *lab, err 
 		return l, err
 	}
 	h := http.HandlerFunc(l.serve)
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{p.cert}, NextProtos: []string{"http/1.1"}}
+	// HTTP/2 for clients that offer it (the memory-h2 scenario's); the
+	// others offer HTTP/1.1 only.
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{p.cert}, NextProtos: []string{"h2", "http/1.1"}}
 	for _, port := range []uint16{portHTTPIntercept, portHTTPFast, portHTTPSIntercept, portHTTPSFast} {
 		ln, err := l.server.ListenTCP(port)
 		if err != nil {
@@ -162,6 +165,9 @@ func newLab(ctx context.Context, o *options, p *pki, withCFF bool) (l *lab, err 
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: discardLog}
 		l.servers = append(l.servers, srv)
 		if port == portHTTPSIntercept || port == portHTTPSFast {
+			if err := http2.ConfigureServer(srv, &http2.Server{}); err != nil {
+				return l, err
+			}
 			ln = tls.NewListener(ln, tlsCfg)
 		}
 		go srv.Serve(ln) // returns when Close closes the listener
@@ -223,6 +229,9 @@ func (l *lab) dialer() func(ctx context.Context, network, addr string) (net.Conn
 // the name checked in the certificate): HTTP/1.1 offered by ALPN, as a
 // browser would, and no session cache, so every new connection is a full
 // handshake.
-func (l *lab) tlsConfig(name string) *tls.Config {
-	return &tls.Config{RootCAs: l.roots, ServerName: name, NextProtos: []string{"http/1.1"}}
+func (l *lab) tlsConfig(name string, protos ...string) *tls.Config {
+	if len(protos) == 0 {
+		protos = []string{"http/1.1"}
+	}
+	return &tls.Config{RootCAs: l.roots, ServerName: name, NextProtos: protos}
 }

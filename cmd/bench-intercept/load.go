@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/flowdog/flowdog/examples/geneve_headers"
 )
 
@@ -269,7 +271,9 @@ func (l *lab) checkIssuer(t target, cs *tls.ConnectionState) error {
 // with a full TLS handshake and one keep-alive GET, and leaves them open
 // and idle. Connections are opened par at a time. It returns the open
 // connections even on error, for the caller to close.
-func (l *lab) idleConns(ctx context.Context, t target, n, par int) ([]net.Conn, error) {
+// idleConns opens n idle HTTPS connections, par at a time, each after one
+// request (HTTP/2 when h2).
+func (l *lab) idleConns(ctx context.Context, t target, n, par int, h2 bool) ([]net.Conn, error) {
 	conns := make([]net.Conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -286,7 +290,7 @@ func (l *lab) idleConns(ctx context.Context, t target, n, par int) ([]net.Conn, 
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				c, err := l.openIdle(ctx, t, dst, req, i == 0)
+				c, err := l.openIdle(ctx, t, dst, req, i == 0, h2)
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
@@ -310,14 +314,18 @@ func (l *lab) idleConns(ctx context.Context, t target, n, par int) ([]net.Conn, 
 	return open, firstErr
 }
 
-func (l *lab) openIdle(ctx context.Context, t target, dst netip.AddrPort, req []byte, deep bool) (net.Conn, error) {
+func (l *lab) openIdle(ctx context.Context, t target, dst netip.AddrPort, req []byte, deep, h2 bool) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	raw, err := l.client.DialTCP(ctx, dst)
 	if err != nil {
 		return nil, err
 	}
-	c := tls.Client(raw, l.tlsConfig(t.serverName()))
+	cfg := l.tlsConfig(t.serverName())
+	if h2 {
+		cfg = l.tlsConfig(t.serverName(), "h2")
+	}
+	c := tls.Client(raw, cfg)
 	// The deadline also bounds the handshake and the response; it is
 	// cleared once the connection is idle.
 	dl, _ := ctx.Deadline()
@@ -327,14 +335,24 @@ func (l *lab) openIdle(ctx context.Context, t target, dst netip.AddrPort, req []
 		cs := c.ConnectionState()
 		err = l.checkIssuer(t, &cs)
 	}
-	if err == nil {
-		_, err = c.Write(req)
-	}
 	var resp *http.Response
-	if err == nil {
-		// A reader of its own per connection, dropped after the response:
-		// the server sends nothing more on an idle keep-alive connection.
-		resp, err = http.ReadResponse(bufio.NewReaderSize(c, 4096), nil)
+	switch {
+	case err != nil:
+	case h2:
+		// The client connection's read loop stays in this process; only
+		// flowdog's memory is measured.
+		var cc *http2.ClientConn
+		if cc, err = (&http2.Transport{}).NewClientConn(c); err == nil {
+			hreq, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+serverName+"/", nil)
+			resp, err = cc.RoundTrip(hreq)
+		}
+	default:
+		if _, err = c.Write(req); err == nil {
+			// A reader of its own per connection, dropped after the
+			// response: the server sends nothing more on an idle
+			// keep-alive connection.
+			resp, err = http.ReadResponse(bufio.NewReaderSize(c, 4096), nil)
+		}
 	}
 	if err == nil {
 		var n int64
@@ -346,6 +364,8 @@ func (l *lab) openIdle(ctx context.Context, t target, dst netip.AddrPort, req []
 			err = fmt.Errorf("%s, %d-byte body, close=%v: want 200, %d bytes, keep-alive", resp.Status, n, resp.Close, len(l.body))
 		case (resp.Header.Get(geneve_headers.HeaderEndpoint) != "") != t.intercepted:
 			err = errors.New("intercepted or not, against the policy")
+		case h2 && resp.ProtoMajor != 2:
+			err = fmt.Errorf("%s, want HTTP/2", resp.Proto)
 		}
 	}
 	if err != nil {

@@ -86,7 +86,7 @@ func main() {
 // of its own and answers a different question (a function or not, both
 // intercepted), so make bench-intercept does not pay for it.
 var (
-	allScenarios   = []string{"http", "https", "tls", "memory"}
+	allScenarios   = []string{"http", "https", "tls", "memory", "memory-h2"}
 	knownScenarios = append(slices.Clone(allScenarios), "cff")
 )
 
@@ -104,7 +104,7 @@ func run(ctx context.Context) (err error) {
 	scen := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(knownScenarios, ", "))
 	flag.BoolVar(&o.pin, "pin", true, "pin this process (simulator, clients, servers) to the last CPU and flowdog to the others")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write flowdog CPU profiles of the first run's INTERCEPT phases (cff: the function's) to `prefix`-PHASE.pprof (http, https, tls, cff-http, cff-https)")
-	flag.StringVar(&o.heapprofile, "heapprofile", "", "write flowdog's heap profile with the memory scenario's INTERCEPT connections open to `file`")
+	flag.StringVar(&o.heapprofile, "heapprofile", "", "write flowdog's heap profile with the memory scenario's INTERCEPT connections open to `file` (memory-h2: file.h2)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (flowdog's config, log and state)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -175,8 +175,11 @@ func run(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if o.scenarios["memory"] {
-		r, err := memory(ctx, &o, p)
+	for _, h2 := range []bool{false, true} {
+		if !o.scenarios[map[bool]string{false: "memory", true: "memory-h2"}[h2]] {
+			continue
+		}
+		r, err := memory(ctx, &o, p, h2)
 		rows = append(rows, r...)
 		if err != nil {
 			return err

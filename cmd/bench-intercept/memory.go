@@ -51,10 +51,10 @@ func (m memResult) per(f func(memSample) float64) float64 {
 // memory measures flowdog's memory per idle HTTPS connection, FAST and
 // INTERCEPT each in a fresh flowdog process, so that neither inherits
 // the other's heap (Go keeps freed memory for reuse).
-func memory(ctx context.Context, o *options, p *pki) ([]row, error) {
+func memory(ctx context.Context, o *options, p *pki, h2 bool) ([]row, error) {
 	var res [2]memResult
 	for i, t := range targets(true) {
-		r, err := memoryOf(ctx, o, p, t)
+		r, err := memoryOf(ctx, o, p, t, h2)
 		if err != nil {
 			return nil, err
 		}
@@ -75,6 +75,9 @@ func memory(ctx context.Context, o *options, p *pki) ([]row, error) {
 	stack := func(s memSample) float64 { return s.stackInuse }
 	gor := func(s memSample) float64 { return s.goroutines }
 	title := fmt.Sprintf("%d idle HTTPS connections", res[1].n)
+	if h2 {
+		title += " (HTTP/2)"
+	}
 	var rows []row
 	f, in, ratio, v := kib(rss)
 	// The aim: under 64 KiB of memory per idle intercepted connection.
@@ -97,7 +100,7 @@ func ratioOrZero(a, b, minB float64) float64 {
 	return a / b
 }
 
-func memoryOf(ctx context.Context, o *options, p *pki, t target) (r memResult, err error) {
+func memoryOf(ctx context.Context, o *options, p *pki, t target, h2 bool) (r memResult, err error) {
 	l, err := newLab(ctx, o, p, false)
 	if err != nil {
 		return r, err
@@ -112,7 +115,7 @@ func memoryOf(ctx context.Context, o *options, p *pki, t target) (r memResult, e
 	// Warm up with a first batch, kept open and outside the count: the
 	// tenant's netstack, the minted leaf, pools and caches are one-time
 	// costs, not per-connection ones.
-	warm, err := l.idleConns(ctx, t, o.connPar, o.connPar)
+	warm, err := l.idleConns(ctx, t, o.connPar, o.connPar, h2)
 	conns = append(conns, warm...)
 	if err != nil {
 		return r, err
@@ -121,7 +124,7 @@ func memoryOf(ctx context.Context, o *options, p *pki, t target) (r memResult, e
 		return r, err
 	}
 	start := time.Now()
-	idle, err := l.idleConns(ctx, t, o.conns, o.connPar)
+	idle, err := l.idleConns(ctx, t, o.conns, o.connPar, h2)
 	r.open = time.Since(start)
 	conns = append(conns, idle...)
 	if err != nil {
@@ -132,7 +135,11 @@ func memoryOf(ctx context.Context, o *options, p *pki, t target) (r memResult, e
 		return r, err
 	}
 	if t.intercepted && o.heapprofile != "" {
-		if err := l.fd.saveHeapProfile(ctx, o.heapprofile); err != nil {
+		path := o.heapprofile
+		if h2 {
+			path += ".h2"
+		}
+		if err := l.fd.saveHeapProfile(ctx, path); err != nil {
 			return r, err
 		}
 	}
