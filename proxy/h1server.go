@@ -113,14 +113,16 @@ type h1Server struct {
 	sentContinue bool
 	watchMu      sync.Mutex
 	inHandler    bool
+	watchGen     uint64 // a callback of an earlier request's watch is stale
 	watchStop    func() bool
 	cancelReq    context.CancelFunc
 
 	// Parked.
-	parkMu sync.Mutex
-	woken  bool
-	stops  [2]func() bool
-	timer  *time.Timer
+	parkMu  sync.Mutex
+	parkGen uint64 // a wake-up of an earlier park is stale
+	woken   bool
+	stops   [2]func() bool
+	timer   *time.Timer
 }
 
 func newH1Server(c *conn, client net.Conn) *h1Server {
@@ -158,7 +160,14 @@ func (s *h1Server) upstreamGone() { s.closing.Store(true) }
 // When it parks, the connection is detached and a wake-up serves on.
 func (s *h1Server) serve() (parked bool) {
 	for {
-		if s.poll != nil && (s.br == nil || s.br.Buffered() == 0) && !s.readyNow() {
+		if s.poll != nil && !s.skipEmptyLines() && !s.readyNow() {
+			// Nothing to read. Whatever the server sent since its last
+			// response (bytes out of turn, a FIN) is for now, not for the
+			// next request to find.
+			if s.up != nil && !s.up.idleCheck(s.upPoll) {
+				s.closeGracefully(false)
+				return false
+			}
 			if s.park() {
 				return true
 			}
@@ -174,12 +183,36 @@ func (s *h1Server) serve() (parked bool) {
 	}
 }
 
+// skipEmptyLines drops the empty lines a client may send between requests
+// (RFC 9112, section 2.2; some send CRLF after a POST body) and reports
+// whether anything else is buffered.
+func (s *h1Server) skipEmptyLines() bool {
+	if s.br == nil {
+		return false
+	}
+	for s.br.Buffered() > 0 {
+		b, _ := s.br.Peek(1)
+		if b[0] != '\r' && b[0] != '\n' {
+			return true
+		}
+		s.br.Discard(1)
+	}
+	return false
+}
+
 // readyNow reports whether a request (or EOF, or an error) can be read
 // without waiting: bytes in TLS's buffers or the stack's.
 func (s *h1Server) readyNow() bool {
 	br := s.reader()
-	err := s.poll.tryRead(func() error { _, err := br.Peek(1); return err })
-	return err == nil || !isTimeout(err)
+	for {
+		err := s.poll.tryRead(func() error { _, err := br.Peek(1); return err })
+		if err != nil {
+			return !isTimeout(err)
+		}
+		if s.skipEmptyLines() {
+			return true
+		}
+	}
 }
 
 func (s *h1Server) reader() *bufio.Reader {
@@ -231,19 +264,21 @@ func (s *h1Server) park() bool {
 	s.parkMu.Lock()
 	defer s.parkMu.Unlock()
 	s.woken = false
-	s.timer = time.AfterFunc(s.c.p.o.IdleTimeout, func() { s.wake(wakeIdle) })
-	s.stops[0] = s.poll.p.OnReadable(func() { s.wake(wakeClient) })
+	s.parkGen++
+	gen := s.parkGen
+	s.timer = time.AfterFunc(s.c.p.o.IdleTimeout, func() { s.wake(gen, wakeIdle) })
+	s.stops[0] = s.poll.p.OnReadable(func() { s.wake(gen, wakeClient) })
 	if s.upPoll != nil {
-		s.stops[1] = s.upPoll.p.OnReadable(func() { s.wake(wakeUpstream) })
+		s.stops[1] = s.upPoll.p.OnReadable(func() { s.wake(gen, wakeUpstream) })
 	}
 	return true
 }
 
 // wake runs on a goroutine of its own (a readiness callback or the idle
 // timer); the first of them to come serves the connection on.
-func (s *h1Server) wake(why wakeReason) {
+func (s *h1Server) wake(gen uint64, why wakeReason) {
 	s.parkMu.Lock()
-	if s.woken {
+	if s.woken || gen != s.parkGen {
 		s.parkMu.Unlock()
 		return
 	}
@@ -328,7 +363,14 @@ func (s *h1Server) readRequest() (*http.Request, error) {
 		}
 	}
 	s.conn.SetReadDeadline(time.Now().Add(s.c.p.o.HeaderTimeout))
-	s.lim.n, s.lim.hit, s.lim.err = maxHeaderBytes, false, nil
+	s.lim.n, s.lim.hit, s.lim.err = maxHeaderBytes+4096, false, nil
+	for {
+		b, err := br.Peek(1)
+		if err != nil || b[0] != '\r' && b[0] != '\n' {
+			break
+		}
+		br.Discard(1)
+	}
 	req, err := http.ReadRequest(br)
 	s.lim.n = -1
 	s.conn.SetReadDeadline(time.Time{})
@@ -343,6 +385,10 @@ func (s *h1Server) readRequest() (*http.Request, error) {
 }
 
 var errHeaderTooLarge = errors.New("request headers too large")
+
+// serverMarker is the http.ServerContextKey value of every request: no
+// net/http server runs, but handlers look for one.
+var serverMarker = &http.Server{}
 
 // connError: reading failed (the client left, timed out, or broke TLS),
 // not parsing.
@@ -363,7 +409,8 @@ func (s *h1Server) badRequest(err error) {
 	switch {
 	case errors.Is(err, errHeaderTooLarge):
 		code, msg = http.StatusRequestHeaderFieldsTooLarge, "request headers too large"
-	case strings.Contains(err.Error(), "unsupported transfer encoding"):
+	case strings.Contains(err.Error(), "unsupported transfer encoding"),
+		strings.Contains(err.Error(), "too many transfer encodings"):
 		code, msg = http.StatusNotImplemented, "unsupported transfer encoding"
 	}
 	s.c.log.Debug("bad request", "err", err)
@@ -406,10 +453,8 @@ func checkRequest(req *http.Request) (int, string) {
 	}
 	// http.ReadRequest moved the Host header to req.Host (and refused
 	// several).
-	switch {
-	case req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != http.MethodConnect:
-		return http.StatusBadRequest, "missing required Host header"
-	case req.Host != "" && !httpguts.ValidHostHeader(req.Host):
+	// A request without a Host is the server's to judge.
+	if req.Host != "" && !httpguts.ValidHostHeader(req.Host) {
 		return http.StatusBadRequest, "malformed Host header"
 	}
 	for k, vv := range req.Header {
@@ -422,8 +467,10 @@ func checkRequest(req *http.Request) (int, string) {
 			}
 		}
 	}
-	if e := req.Header.Get("Expect"); e != "" && !strings.EqualFold(e, "100-continue") {
-		return http.StatusExpectationFailed, "unsupported Expect header"
+	for _, e := range req.Header["Expect"] {
+		if !strings.EqualFold(strings.TrimSpace(e), "100-continue") {
+			return http.StatusExpectationFailed, "unsupported Expect header"
+		}
 	}
 	return 0, ""
 }
@@ -442,12 +489,17 @@ func (s *h1Server) serveRequest(req *http.Request) (keep bool) {
 	req.TLS = s.tls
 	ctx, cancel := context.WithCancel(s.c.ctx)
 	defer cancel()
+	// As net/http's server: with ServerContextKey, httputil.ReverseProxy
+	// aborts (http.ErrAbortHandler) a response whose upstream body fails,
+	// so that the client sees it cut short rather than complete.
+	ctx = context.WithValue(ctx, http.ServerContextKey, serverMarker)
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, net.Addr(net.TCPAddrFromAddrPort(s.c.info.Server)))
 	req = req.WithContext(ctx)
 
 	var body *reqBody
 	if req.Body != nil && req.Body != http.NoBody {
-		body = &reqBody{s: s, rc: req.Body,
-			expect: req.ProtoAtLeast(1, 1) && strings.EqualFold(req.Header.Get("Expect"), "100-continue")}
+		body = &reqBody{s: s, rc: req.Body}
+		body.expect.Store(req.ProtoAtLeast(1, 1) && strings.EqualFold(req.Header.Get("Expect"), "100-continue"))
 		req.Body = body
 	}
 	w := &h1Response{s: s, req: req, header: http.Header{}, body: body}
@@ -519,17 +571,22 @@ func (s *h1Server) watchClient() {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
 	if s.inHandler && s.watchStop == nil {
-		s.watchStop = s.poll.p.OnReadable(s.checkClient)
+		s.watchLocked()
 	}
 }
 
-func (s *h1Server) checkClient() {
+func (s *h1Server) watchLocked() {
+	gen := s.watchGen
+	s.watchStop = s.poll.p.OnReadable(func() { s.checkClient(gen) })
+}
+
+func (s *h1Server) checkClient(gen uint64) {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
-	s.watchStop = nil
-	if !s.inHandler {
-		return
+	if gen != s.watchGen || !s.inHandler {
+		return // a callback that came late, for an earlier request
 	}
+	s.watchStop = nil
 	// The handler is done with the request body: the reader is free.
 	err := s.poll.tryRead(func() error { _, err := s.br.Peek(1); return err })
 	switch {
@@ -537,7 +594,7 @@ func (s *h1Server) checkClient() {
 		// The next request, pipelined: served after this one.
 	case isTimeout(err):
 		// Part of a TLS record: look again when more comes.
-		s.watchStop = s.poll.p.OnReadable(s.checkClient)
+		s.watchLocked()
 	default:
 		s.c.log.Debug("client left before its response", "err", err)
 		s.cancelReq()
@@ -548,10 +605,17 @@ func (s *h1Server) endWatch() {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
 	s.inHandler = false
+	s.watchGen++
 	if s.watchStop != nil {
 		s.watchStop()
 		s.watchStop = nil
 	}
+}
+
+func (s *h1Server) continueSent() bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.sentContinue
 }
 
 // writeContinue sends a 100 Continue unless the final response went first.
@@ -576,9 +640,9 @@ func (s *h1Server) writeContinue() error {
 type reqBody struct {
 	s      *h1Server
 	rc     io.ReadCloser
-	mu     sync.Mutex
-	expect bool // a 100 Continue is owed on the first read
-	eof    bool
+	mu     sync.Mutex  // held across reads of rc
+	expect atomic.Bool // a 100 Continue is owed on the first read
+	eof    atomic.Bool
 	closed bool
 }
 
@@ -588,18 +652,17 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	switch {
 	case b.closed:
 		return 0, http.ErrBodyReadAfterClose
-	case b.eof:
+	case b.eof.Load():
 		return 0, io.EOF
 	}
-	if b.expect {
-		b.expect = false
+	if b.expect.Swap(false) {
 		if err := b.s.writeContinue(); err != nil {
 			return 0, err
 		}
 	}
 	n, err := b.rc.Read(p)
 	if errors.Is(err, io.EOF) {
-		b.eof = true
+		b.eof.Store(true)
 		b.s.watchClient()
 	}
 	return n, err
@@ -613,36 +676,33 @@ func (b *reqBody) Close() error {
 	return nil
 }
 
-func (b *reqBody) ended() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.eof
-}
+// ended reports whether the body was read to its end; it never waits for
+// a read in progress.
+func (b *reqBody) ended() bool { return b.eof.Load() }
 
 // owesContinue reports whether the client still waits for a 100 Continue
 // before sending the body.
 func (b *reqBody) owesContinue() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.expect && !b.eof
+	return b.expect.Load() && !b.eof.Load() && !b.s.continueSent()
 }
 
 // drain reads and drops up to max bytes of what is left of the body and
 // reports whether the body ended. A client still waiting for a 100
 // Continue sends no body: there is nothing to drain, and the connection
-// cannot be kept.
+// cannot be kept. The caller bounds the wait with a read deadline (which
+// also ends a read in progress elsewhere).
 func (b *reqBody) drain(max int64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.eof {
-		return true
-	}
-	if b.expect {
+	if b.owesContinue() {
 		return false
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.eof.Load() {
+		return true
+	}
 	_, err := io.CopyN(io.Discard, b.rc, max+1)
-	b.eof = errors.Is(err, io.EOF)
-	return b.eof
+	b.eof.Store(errors.Is(err, io.EOF))
+	return b.eof.Load()
 }
 
 // h1Response is the http.ResponseWriter of one request. The header goes
@@ -703,12 +763,15 @@ func (w *h1Response) informational(code int) {
 	}
 	bw := s.writer()
 	writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code)
-	w.header.Write(bw)
+	w.header.WriteSubset(bw, noBodyHeaders)
 	bw.WriteString("\r\n")
 	if err := bw.Flush(); err != nil && w.err == nil {
 		w.err = err
 	}
 }
+
+// noBodyHeaders say nothing in a 1xx.
+var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
 
 func writeStatusLine(bw *bufio.Writer, is11 bool, code int) {
 	if is11 {
@@ -884,6 +947,9 @@ func (w *h1Response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	s := w.s
 	s.endWatch() // the watch reads the connection; the handler does now
+	s.wmu.Lock()
+	s.sentHeader = true // no automatic 100 Continue into the handler's stream
+	s.wmu.Unlock()
 	if w.committed {
 		if err := s.bw.Flush(); err != nil {
 			return nil, nil, err

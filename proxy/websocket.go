@@ -25,6 +25,11 @@ func (u *h1Upstream) take(ctx context.Context) (net.Conn, error) {
 	u.dead = true // no more HTTP requests on it
 	u.mu.Unlock()
 	u.release()
+	if u.onDead != nil {
+		// Whatever the server answers, this connection carries no more
+		// HTTP: a refused upgrade's response must say so.
+		u.onDead()
+	}
 	if u.br == nil {
 		return &bufConn{Conn: u.conn, br: bufio.NewReaderSize(u.conn, 4<<10)}, nil
 	}

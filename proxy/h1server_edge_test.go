@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rawUpstream accepts connections and runs serve on each one.
+func rawUpstream(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				serve(c, bufio.NewReader(c))
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+// A server that dies in the middle of a chunked response must not look to
+// the client like a complete response: the response is aborted, as
+// net/http's server does (ReverseProxy panics with http.ErrAbortHandler
+// when it finds http.ServerContextKey in the request's context), not ended
+// with a clean last chunk.
+func TestH1TruncatedResponseIsNotCompleted(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+		time.Sleep(50 * time.Millisecond)
+		// Dies here: no last chunk.
+	})
+	modes(t, func(t *testing.T, blocking bool) {
+		r := newRigMode(t, up, Options{}, blocking)
+		w := dialWire(t, r)
+		w.send("GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+		resp, err := http.ReadResponse(w.br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err == nil {
+			t.Errorf("the upstream died mid-body, and the client got a complete response %q (chunked=%v)",
+				b, resp.TransferEncoding)
+		}
+	})
+}
+
+// delayPoll is a client leg whose readiness callbacks start late, as a
+// callback goroutine does on a busy machine (netstackx's readableWaiter
+// runs f on a goroutine started from gVisor's notification).
+type delayPoll struct {
+	*pollTCP
+	delay time.Duration
+}
+
+func (d *delayPoll) OnReadable(f func()) (stop func() bool) {
+	return d.pollTCP.OnReadable(func() { time.Sleep(d.delay); f() })
+}
+
+// newDelayRig is newRig (parking) with a client leg whose readiness
+// callbacks run delay late.
+func newDelayRig(t *testing.T, upstream string, o Options, delay time.Duration) *rig {
+	t.Helper()
+	r := &rig{upstream: upstream}
+	o.CA = testCA(t)
+	r.ca = o.CA
+	var err error
+	if r.p, err = New(o); err != nil {
+		t.Fatal(err)
+	}
+	if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.wg.Go(func() {
+		for {
+			c, err := r.ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", r.upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			info := ConnInfo{Client: c.RemoteAddr().(*net.TCPAddr).AddrPort(), Server: netip.MustParseAddrPort(r.upstream)}
+			info.Detach = func() func() {
+				r.detached.Add(1)
+				r.wg.Add(1)
+				return sync.OnceFunc(func() { r.released.Add(1); r.wg.Done() })
+			}
+			pc := &delayPoll{pollTCP: newPollTCP(c.(*net.TCPConn)), delay: delay}
+			pu := newPollTCP(up.(*net.TCPConn))
+			r.wg.Go(func() { r.p.Serve(ctx, info, pc, pu) })
+		}
+	})
+	t.Cleanup(func() { r.ln.Close(); cancel(); r.wg.Wait() })
+	return r
+}
+
+// The client watch of one request (checkClient) may run late, during the
+// next one: endWatch's stop fails once the callback has fired. It must
+// then leave the reader alone, which the next request's body is being read
+// from by the upstream writer. Run with -race.
+func TestH1LateWatchCallbackLeavesNextRequestAlone(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(100 * time.Millisecond)
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		io.WriteString(w, r.Method+" "+r.URL.Path+" "+strconv.FormatInt(n, 10))
+	}))
+	t.Cleanup(srv.Close)
+	r := newDelayRig(t, srv.Listener.Addr().String(), Options{}, 150*time.Millisecond)
+	w := dialWire(t, r)
+	w.send("GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+	time.Sleep(30 * time.Millisecond) // /slow is in the handler, its watch armed
+	// The next request arrives while /slow is served: the watch fires,
+	// late.
+	w.send("POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nhello")
+	if _, body := w.response("GET"); body != "GET /slow 0" {
+		t.Fatalf("first: %q", body)
+	}
+	time.Sleep(200 * time.Millisecond) // the stale checkClient runs while /echo's body is read
+	w.send("world")
+	if _, body := w.response("POST"); body != "POST /echo 10" {
+		t.Fatalf("second: %q", body)
+	}
+}
+
+// A handler may write while it reads the request (EnableFullDuplex): the
+// response header must not wait for a read of the body in progress (the
+// upstream writer blocks in one while the client has not sent more).
+func TestH1ResponseHeaderNotHeldByBodyRead(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		rc.EnableFullDuplex()
+		buf := make([]byte, 5)
+		io.ReadFull(r.Body, buf)
+		w.WriteHeader(http.StatusOK)
+		rc.Flush()
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "done")
+	}))
+	t.Cleanup(srv.Close)
+	modes(t, func(t *testing.T, blocking bool) {
+		r := newRigMode(t, srv.Listener.Addr().String(), Options{}, blocking)
+		w := dialWire(t, r)
+		w.send("POST /dup HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+		w.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, err := w.br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+			t.Errorf("no response header while the upload is open: %q %v", line, err)
+		}
+		w.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		w.send("0\r\n\r\n")
+	})
+}
+
+// The CRLF that old clients send after a POST body is dropped, as
+// net/http's server drops it (RFC 9112 section 2.2: a server SHOULD ignore
+// at least one empty line before a request line).
+func TestH1EmptyLineAfterPOSTIsIgnored(t *testing.T) {
+	modes(t, func(t *testing.T, blocking bool) {
+		srv := pathServer(t)
+		r := newRigMode(t, srv.Listener.Addr().String(), Options{}, blocking)
+		w := dialWire(t, r)
+		w.send("POST /one HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\r\n")
+		if resp, body := w.response("POST"); body != "POST /one" || resp.Close {
+			t.Fatalf("first: %q close=%v", body, resp.Close)
+		}
+		w.send("GET /two HTTP/1.1\r\nHost: a.test\r\n\r\n")
+		if resp, body := w.response("GET"); body != "GET /two" {
+			t.Errorf("after a CRLF following a POST body: %d %q", resp.StatusCode, body)
+		}
+	})
+}
