@@ -18,7 +18,7 @@ type Engine struct {
 	m   *metrics
 
 	sender atomic.Pointer[senderBox]
-	conns  atomic.Int64 // handlers running
+	conns  atomic.Int64 // connections served or detached
 
 	// ctx is the handlers' context; Close cancels it.
 	ctx    context.Context
@@ -184,7 +184,9 @@ func (e *Engine) teardownIdle(now time.Time) {
 
 // Close tears every stack down and waits for every goroutine: handlers get
 // their ctx cancelled, and legs they have not closed by the time their stack
-// goes are reset. It is safe to call more than once.
+// goes are reset. It also waits for every detached connection to be
+// released: closing the stacks wakes their OnReadable callbacks, and their
+// owners must then release them. It is safe to call more than once.
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -216,7 +218,7 @@ func (e *Engine) Close() error {
 type Stats struct {
 	Stacks    int // tenant netstacks
 	Endpoints int // gVisor transport endpoints across stacks (registered or closing)
-	Conns     int // handlers running
+	Conns     int // connections served by a Handler or detached
 	Flows     int // flows tracked
 }
 

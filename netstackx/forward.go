@@ -124,7 +124,7 @@ func (t *tenant) forward(r *tcp.ForwarderRequest) {
 func (t *tenant) serve(c *Conn, log *slog.Logger) {
 	defer func() {
 		if p := recover(); p != nil {
-			log.Error("connection handler panicked; connection reset", "panic", p)
+			log.Error("connection handler panicked; connection closed", "panic", p)
 			c.release() // whoever it was detached for is not to be trusted
 			return
 		}

@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 		}),
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flowdog_netstack_connections_active",
-			Help: "Intercepted TCP connections being served by the handler.",
+			Help: "Intercepted TCP connections open (served, or idle and detached from their handler).",
 		}),
 		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowdog_netstack_dials_total",
