@@ -77,6 +77,9 @@ const (
 	// the client still sends, so that closing does not reset it and lose
 	// the response it has not read yet (net/http's figure).
 	lingerTime = 500 * time.Millisecond
+	// parkAfter is how long a connection keeps its goroutine after a
+	// response before it parks.
+	parkAfter = 5 * time.Millisecond
 )
 
 // writers lends client connections their response writers while a request
@@ -160,7 +163,7 @@ func (s *h1Server) upstreamGone() { s.closing.Store(true) }
 // When it parks, the connection is detached and a wake-up serves on.
 func (s *h1Server) serve() (parked bool) {
 	for {
-		if s.poll != nil && !s.skipEmptyLines() && !s.readyNow() {
+		if s.poll != nil && !s.skipEmptyLines() && !s.nextSoon() {
 			// Nothing to read. Whatever the server sent since its last
 			// response (bytes out of turn, a FIN) is for now, not for the
 			// next request to find.
@@ -200,13 +203,17 @@ func (s *h1Server) skipEmptyLines() bool {
 	return false
 }
 
-// readyNow reports whether a request (or EOF, or an error) can be read
-// without waiting: bytes in TLS's buffers or the stack's.
-func (s *h1Server) readyNow() bool {
+// nextSoon reports whether the next request (or EOF, or an error) comes
+// within parkAfter. A client in a keep-alive loop sends it at once, and the
+// goroutine that served the last one, its stack already grown by gVisor's
+// send path, serves it too: parking and waking for every request would
+// cost a new goroutine and a stack growth each time.
+func (s *h1Server) nextSoon() bool {
 	br := s.reader()
+	s.conn.SetReadDeadline(time.Now().Add(parkAfter))
+	defer s.conn.SetReadDeadline(time.Time{})
 	for {
-		err := s.poll.tryRead(func() error { _, err := br.Peek(1); return err })
-		if err != nil {
+		if _, err := br.Peek(1); err != nil {
 			return !isTimeout(err)
 		}
 		if s.skipEmptyLines() {
