@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,41 +83,8 @@ func (d *delayPoll) OnReadable(f func()) (stop func() bool) {
 // callbacks run delay late.
 func newDelayRig(t *testing.T, upstream string, o Options, delay time.Duration) *rig {
 	t.Helper()
-	r := &rig{upstream: upstream}
-	o.CA = testCA(t)
-	r.ca = o.CA
-	var err error
-	if r.p, err = New(o); err != nil {
-		t.Fatal(err)
-	}
-	if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r.wg.Go(func() {
-		for {
-			c, err := r.ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", r.upstream)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			info := ConnInfo{Client: c.RemoteAddr().(*net.TCPAddr).AddrPort(), Server: netip.MustParseAddrPort(r.upstream)}
-			info.Detach = func() func() {
-				r.detached.Add(1)
-				r.wg.Add(1)
-				return sync.OnceFunc(func() { r.released.Add(1); r.wg.Done() })
-			}
-			pc := &delayPoll{pollTCP: newPollTCP(c.(*net.TCPConn)), delay: delay}
-			pu := newPollTCP(up.(*net.TCPConn))
-			r.wg.Go(func() { r.p.Serve(ctx, info, pc, pu) })
-		}
-	})
-	t.Cleanup(func() { r.ln.Close(); cancel(); r.wg.Wait() })
-	return r
+	r := &rig{upstream: upstream, wrapClient: func(p *pollTCP) net.Conn { return &delayPoll{pollTCP: p, delay: delay} }}
+	return startRig(t, r, o)
 }
 
 // The client watch of one request (checkClient) may run late, during the

@@ -49,6 +49,8 @@ type rig struct {
 	upstream string
 	wg       sync.WaitGroup
 	blocking bool
+	// wrapClient, when set, replaces the client leg a parking rig serves.
+	wrapClient func(*pollTCP) net.Conn
 
 	detached, released atomic.Int64
 }
@@ -107,8 +109,13 @@ func newRig(t testing.TB, upstream string, o Options) *rig {
 // newRigMode is newRig; blocking serves without parking: the legs cannot
 // report readiness (the proxy then waits in Read, as net/http does).
 func newRigMode(t testing.TB, upstream string, o Options, blocking bool) *rig {
+	return startRig(t, &rig{upstream: upstream, blocking: blocking}, o)
+}
+
+// startRig starts r, whose upstream and mode are set.
+func startRig(t testing.TB, r *rig, o Options) *rig {
 	t.Helper()
-	r := &rig{reg: prometheus.NewRegistry(), upstream: upstream, blocking: blocking}
+	r.reg = prometheus.NewRegistry()
 	o.Registerer = r.reg
 	if o.CA == nil {
 		o.CA = testCA(t)
@@ -150,7 +157,11 @@ func newRigMode(t testing.TB, upstream string, o Options, blocking bool) *rig {
 					r.wg.Done()
 				})
 			}
-			pc, pu := newPollTCP(c.(*net.TCPConn)), newPollTCP(up.(*net.TCPConn))
+			var pc net.Conn = newPollTCP(c.(*net.TCPConn))
+			if r.wrapClient != nil {
+				pc = r.wrapClient(pc.(*pollTCP))
+			}
+			pu := newPollTCP(up.(*net.TCPConn))
 			r.wg.Go(func() { r.p.Serve(ctx, info, pc, pu) })
 		}
 	})
