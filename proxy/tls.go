@@ -116,6 +116,20 @@ func (c *conn) autoKey(sni string, dst netip.Addr) string {
 	return c.info.EndpointID + "/" + c.info.AttachmentID + "/" + sni + "/" + dst.String()
 }
 
+// clientOffer is the client's ALPN offer as flowdog takes it: without h2
+// when HTTP/2 is off (then both legs speak HTTP/1.1, whose idle
+// connections hold no goroutine).
+func (c *conn) clientOffer(h *hello) []string {
+	if !c.p.o.DisableHTTP2 || !slices.Contains(h.ALPN, "h2") {
+		return h.ALPN
+	}
+	out := slices.DeleteFunc(slices.Clone(h.ALPN), func(p string) bool { return p == "h2" })
+	if !slices.Contains(out, "http/1.1") {
+		out = append(out, "http/1.1")
+	}
+	return out
+}
+
 // upstreamALPN offers the server what the client offered, plus HTTP/1.1
 // when the client speaks HTTP: flowdog can translate between the two.
 func upstreamALPN(client []string) []string {
@@ -157,7 +171,7 @@ func (c *conn) interceptTLS(h *hello) {
 	}
 	up := tls.Client(c.upstream, &tls.Config{
 		ServerName:         serverName,
-		NextProtos:         upstreamALPN(h.ALPN),
+		NextProtos:         upstreamALPN(c.clientOffer(h)),
 		RootCAs:            o.UpstreamRoots,
 		InsecureSkipVerify: o.InsecureSkipVerify,
 		// Resume sessions with servers, as the client itself would: a
@@ -187,7 +201,7 @@ func (c *conn) interceptTLS(h *hello) {
 	}
 	dcfg := &tls.Config{
 		Certificates: []tls.Certificate{*cert},
-		NextProtos:   clientALPN(us.NegotiatedProtocol, h.ALPN),
+		NextProtos:   clientALPN(us.NegotiatedProtocol, c.clientOffer(h)),
 	}
 	// One ticket key for all connections, so that clients can resume.
 	dcfg.SetSessionTicketKeys(c.p.ticketKeys)

@@ -83,6 +83,7 @@ func newInterception(ctx context.Context, cfg *config.Config, log *slog.Logger, 
 		ResponseHeaderTimeout: cfg.Proxy.ResponseHeaderTimeout.D(),
 		IdleTimeout:           cfg.Proxy.IdleTimeout.D(),
 		MaxWebSocketMessage:   cfg.Proxy.MaxWebSocketMessage,
+		DisableHTTP2:          !cfg.Proxy.HTTP2,
 		Logger:                log,
 		Registerer:            reg,
 	})

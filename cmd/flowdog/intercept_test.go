@@ -275,6 +275,22 @@ func TestInterceptH2OnlyClientH1OnlyServer(t *testing.T) {
 	l.noViolations(t)
 }
 
+// With proxy.http2 off, a client and a server that both offer HTTP/2 are
+// spoken to in HTTP/1.1, and the client's idle connection parks.
+func TestInterceptHTTP2Off(t *testing.T) {
+	l := newInterceptLab(t, func(c *config.Config) { c.Proxy.HTTP2 = false })
+	client, server := hosts(t, l.sim.AddTenant(0x0123456789abcdef, 0x2))
+	startWeb(t, server, l.pki.cert, true, nil)
+	resp, body := mustGet(t, l.httpsClient(client, true, false), "https://"+serverName+"/x")
+	if body != "served /x" || resp.Proto != "HTTP/1.1" || resp.Header.Get("X-Saw-Proto") != "HTTP/1.1" {
+		t.Errorf("body %q, client %s, server %s; want HTTP/1.1 on both legs", body, resp.Proto, resp.Header.Get("X-Saw-Proto"))
+	}
+	testutil.Eventually(t, 10*time.Second, "the idle connection parked", func() bool {
+		return l.metric(t, "flowdog_proxy_parked_connections", "") == 1
+	})
+	l.noViolations(t)
+}
+
 func TestInterceptSNIPassthroughAndNoSNI(t *testing.T) {
 	l := newInterceptLab(t, func(c *config.Config) { c.TLS.PassthroughSNI = []string{"*.example.com"} })
 	client, server := hosts(t, l.sim.AddTenant(0x0123456789abcdef, 0x3))

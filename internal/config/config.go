@@ -78,6 +78,7 @@ type Proxy struct {
 	IdleTimeout           Duration `yaml:"idle_timeout"`
 	SniffTimeout          Duration `yaml:"sniff_timeout"`
 	MaxWebSocketMessage   int64    `yaml:"max_websocket_message"`
+	HTTP2                 bool     `yaml:"http2"`
 }
 
 // Netstack configures the per-tenant userspace TCP/IP stacks.
