@@ -40,9 +40,9 @@ bench-fastpath:
 bench-intercept:
 	$(GO) run ./cmd/bench-intercept -runs 3
 
-FUZZPKGS ?= ./gwlb/packet ./gwlb ./gwlbsim ./cff
+FUZZPKGS ?= ./gwlb/packet ./gwlb ./gwlbsim ./cff ./proxy
 
-# Every fuzz target of every decoder, FUZZTIME each.
+# Every fuzz target of every decoder (and of the proxy's client leg), FUZZTIME each.
 fuzz:
 	@for p in $(FUZZPKGS); do \
 		for t in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \

@@ -71,7 +71,7 @@ func (w *wire) closed() bool {
 }
 
 // pathServer answers with the request's method, path and body length.
-func pathServer(t *testing.T) *httptest.Server {
+func pathServer(t testing.TB) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		w.Header().Set("X-Body-Length", strconv.FormatInt(n, 10))
