@@ -47,8 +47,9 @@ type Options struct {
 	ResponseHeaderTimeout time.Duration
 	// IdleTimeout closes idle keep-alive client connections; default 5m.
 	IdleTimeout time.Duration
-	// DisableHTTP2 negotiates HTTP/1.1 with clients that offer HTTP/2 too,
-	// and offers servers HTTP/1.1 only (mitmproxy's http2 option).
+	// DisableHTTP2 negotiates HTTP/1.1 on both legs with clients that
+	// offer it besides HTTP/2 (mitmproxy's http2 option); a client that
+	// offers only HTTP/2 still gets it.
 	DisableHTTP2 bool
 	// MaxWebSocketMessage caps one WebSocket message; default 16 MiB.
 	MaxWebSocketMessage int64

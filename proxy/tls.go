@@ -117,17 +117,14 @@ func (c *conn) autoKey(sni string, dst netip.Addr) string {
 }
 
 // clientOffer is the client's ALPN offer as flowdog takes it: without h2
-// when HTTP/2 is off (then both legs speak HTTP/1.1, whose idle
-// connections hold no goroutine).
+// when HTTP/2 is off and the client can do HTTP/1.1 (then both legs speak
+// HTTP/1.1, whose idle connections hold no goroutine). A client that
+// offers only h2 (gRPC) still gets it.
 func (c *conn) clientOffer(h *hello) []string {
-	if !c.p.o.DisableHTTP2 || !slices.Contains(h.ALPN, "h2") {
+	if !c.p.o.DisableHTTP2 || !slices.Contains(h.ALPN, "h2") || !slices.Contains(h.ALPN, "http/1.1") {
 		return h.ALPN
 	}
-	out := slices.DeleteFunc(slices.Clone(h.ALPN), func(p string) bool { return p == "h2" })
-	if !slices.Contains(out, "http/1.1") {
-		out = append(out, "http/1.1")
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(h.ALPN), func(p string) bool { return p == "h2" })
 }
 
 // upstreamALPN offers the server what the client offered, plus HTTP/1.1

@@ -288,6 +288,18 @@ func TestInterceptHTTP2Off(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the idle connection parked", func() bool {
 		return l.metric(t, "flowdog_proxy_parked_connections", "") == 1
 	})
+	// A client that speaks only HTTP/2 still gets it.
+	tr := &http2.Transport{DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+		c, err := client.DialTCP(ctx, netip.AddrPortFrom(serverV4, 443))
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(c, &tls.Config{RootCAs: l.root, ServerName: serverName, NextProtos: []string{"h2"}})
+		return tc, tc.HandshakeContext(ctx)
+	}}
+	if resp, body := mustGet(t, &http.Client{Transport: tr}, "https://"+serverName+"/y"); body != "served /y" || resp.Proto != "HTTP/2.0" {
+		t.Errorf("h2-only client: %q over %s", body, resp.Proto)
+	}
 	l.noViolations(t)
 }
 
