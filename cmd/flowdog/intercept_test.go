@@ -188,6 +188,18 @@ func (l *interceptLab) httpsClient(h *gwlbsim.Host, h2 bool, v6 bool) *http.Clie
 	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
 }
 
+// h2OnlyClient dials from h and offers only HTTP/2 (ALPN "h2"), like gRPC.
+func (l *interceptLab) h2OnlyClient(h *gwlbsim.Host) *http.Client {
+	return &http.Client{Transport: &http2.Transport{DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+		c, err := h.DialTCP(ctx, netip.AddrPortFrom(serverV4, 443))
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(c, &tls.Config{RootCAs: l.root, ServerName: serverName, NextProtos: []string{"h2"}})
+		return tc, tc.HandshakeContext(ctx)
+	}}}
+}
+
 func mustGet(t *testing.T, c *http.Client, url string) (*http.Response, string) {
 	t.Helper()
 	resp, err := c.Get(url)
@@ -260,15 +272,7 @@ func TestInterceptH2OnlyClientH1OnlyServer(t *testing.T) {
 	l := newInterceptLab(t, nil)
 	client, server := hosts(t, l.sim.AddTenant(0x0123456789abcdef, 0x2))
 	startWeb(t, server, l.pki.cert, false, nil)
-	tr := &http2.Transport{DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-		c, err := client.DialTCP(ctx, netip.AddrPortFrom(serverV4, 443))
-		if err != nil {
-			return nil, err
-		}
-		tc := tls.Client(c, &tls.Config{RootCAs: l.root, ServerName: serverName, NextProtos: []string{"h2"}})
-		return tc, tc.HandshakeContext(ctx)
-	}}
-	resp, body := mustGet(t, &http.Client{Transport: tr}, "https://"+serverName+"/x")
+	resp, body := mustGet(t, l.h2OnlyClient(client), "https://"+serverName+"/x")
 	if body != "served /x" || resp.Proto != "HTTP/2.0" || resp.Header.Get("X-Saw-Proto") != "HTTP/1.1" {
 		t.Errorf("body %q, client %s, server %s", body, resp.Proto, resp.Header.Get("X-Saw-Proto"))
 	}
@@ -289,15 +293,7 @@ func TestInterceptHTTP2Off(t *testing.T) {
 		return l.metric(t, "flowdog_proxy_parked_connections", "") == 1
 	})
 	// A client that speaks only HTTP/2 still gets it.
-	tr := &http2.Transport{DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-		c, err := client.DialTCP(ctx, netip.AddrPortFrom(serverV4, 443))
-		if err != nil {
-			return nil, err
-		}
-		tc := tls.Client(c, &tls.Config{RootCAs: l.root, ServerName: serverName, NextProtos: []string{"h2"}})
-		return tc, tc.HandshakeContext(ctx)
-	}}
-	if resp, body := mustGet(t, &http.Client{Transport: tr}, "https://"+serverName+"/y"); body != "served /y" || resp.Proto != "HTTP/2.0" {
+	if resp, body := mustGet(t, l.h2OnlyClient(client), "https://"+serverName+"/y"); body != "served /y" || resp.Proto != "HTTP/2.0" {
 		t.Errorf("h2-only client: %q over %s", body, resp.Proto)
 	}
 	l.noViolations(t)
