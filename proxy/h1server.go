@@ -163,15 +163,18 @@ func (s *h1Server) upstreamGone() { s.closing.Store(true) }
 // When it parks, the connection is detached and a wake-up serves on.
 func (s *h1Server) serve() (parked bool) {
 	for {
-		if s.poll != nil && !s.skipEmptyLines() && !s.nextSoon() {
-			// Nothing to read. Whatever the server sent since its last
-			// response (bytes out of turn, a FIN) is for now, not for the
-			// next request to find.
+		if s.poll != nil {
+			ready := s.skipEmptyLines() || s.nextSoon()
+			// Whatever the server sent since its last response (a FIN,
+			// bytes out of turn) is for now, not for the next request to
+			// find: the client sees the connection close, as it would
+			// without flowdog, and retries elsewhere instead of getting a
+			// 502.
 			if s.up != nil && !s.up.idleCheck(s.upPoll) {
-				s.closeGracefully(false)
+				s.closeGracefully(ready)
 				return false
 			}
-			if s.park() {
+			if !ready && s.park() {
 				return true
 			}
 		}
@@ -460,8 +463,13 @@ func checkRequest(req *http.Request) (int, string) {
 	}
 	// http.ReadRequest moved the Host header to req.Host (and refused
 	// several).
-	// A request without a Host is the server's to judge.
-	if req.Host != "" && !httpguts.ValidHostHeader(req.Host) {
+	// http.ReadRequest moved the Host header to req.Host (and refused
+	// several). net/http's server refuses HTTP/1.1 without one; so does
+	// flowdog, rather than make one up for the server.
+	switch {
+	case req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != http.MethodConnect:
+		return http.StatusBadRequest, "missing required Host header"
+	case req.Host != "" && !httpguts.ValidHostHeader(req.Host):
 		return http.StatusBadRequest, "malformed Host header"
 	}
 	for k, vv := range req.Header {
@@ -669,8 +677,10 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.rc.Read(p)
 	if errors.Is(err, io.EOF) {
-		b.eof.Store(true)
+		// Watch first: once eof is set, the connection may move on to
+		// the next request, and no watch of this one may start then.
 		b.s.watchClient()
+		b.eof.Store(true)
 	}
 	return n, err
 }

@@ -6,11 +6,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flowdog/flowdog/interceptors"
 )
 
 // rawUpstream accepts connections and runs serve on each one.
@@ -163,4 +167,147 @@ func TestH1EmptyLineAfterPOSTIsIgnored(t *testing.T) {
 			t.Errorf("after a CRLF following a POST body: %d %q", resp.StatusCode, body)
 		}
 	})
+}
+
+// An upstream that closes right after a response without saying so
+// (no Connection: close). The client's next request comes 1 ms later.
+// Without flowdog the client finds the connection closed and retries on a
+// new one (Go's Transport does, for an idle connection the server
+// closed), and so it must with flowdog, even when the request comes
+// while the proxy still waits for it (before parking), not a 502.
+func TestH1UpstreamCloseRightAfterResponse(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		// returns: the connection closes, no Connection: close said
+	})
+	r := newRig(t, up, Options{})
+	fails := 0
+	for i := 0; i < 20; i++ {
+		w := dialWire(t, r)
+		w.send("GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+		if _, body := w.response("GET"); body != "ok" {
+			t.Fatalf("first: %q", body)
+		}
+		time.Sleep(time.Millisecond)
+		w.send("GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+		resp, err := http.ReadResponse(w.br, &http.Request{Method: "GET"})
+		if err == nil {
+			resp.Body.Close()
+			if fails++; fails == 1 {
+				t.Logf("try %d: second request answered %d (want the connection closed, as the server closed it)", i, resp.StatusCode)
+			}
+		}
+		w.c.Close()
+	}
+	if fails > 0 {
+		t.Errorf("%d of 20 clients got a response from a server that had closed the connection", fails)
+	}
+}
+
+// countPoll counts the readiness callbacks a parking connection asks for
+// on its client leg: one per park.
+type countPoll struct {
+	*pollTCP
+	n *atomic.Int64
+}
+
+func (c *countPoll) OnReadable(f func()) (stop func() bool) {
+	c.n.Add(1)
+	return c.pollTCP.OnReadable(f)
+}
+
+// A response hook may replace resp.Body without closing the upstream one
+// (interceptors.ResponseHook allows it). The upstream exchange must still
+// end: the connection must not hold it, spin between parking and waking
+// for the unread upstream bytes, nor make the next request wait.
+func TestH1ReplacedResponseBodyReleasesUpstream(t *testing.T) {
+	big := strings.Repeat("x", 256<<10) // more than the upstream reader and socket buffers hold
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, big)
+	}))
+	t.Cleanup(srv.Close)
+	h := &hooks{response: func(_ *interceptors.Flow, resp *http.Response) error {
+		resp.Body = io.NopCloser(strings.NewReader("replaced")) // the original is not closed
+		resp.ContentLength = -1
+		resp.Header.Del("Content-Length")
+		return nil
+	}}
+	var parks atomic.Int64
+	r := &rig{upstream: srv.Listener.Addr().String(), wrapClient: func(p *pollTCP) net.Conn { return &countPoll{pollTCP: p, n: &parks} }}
+	startRig(t, r, Options{Chain: chainOf(t, h, "http"), IdleTimeout: time.Minute})
+	w := dialWire(t, r)
+	w.send("GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+	if _, body := w.response("GET"); body != "replaced" {
+		t.Fatalf("first: %q", body)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := parks.Load(); n > 5 {
+		t.Errorf("the idle connection parked %d times in 300 ms (want once): a wake-up loop", n)
+	}
+	w.send("GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+	w.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := http.ReadResponse(w.br, &http.Request{Method: "GET"}); isTimeout(err) {
+		t.Errorf("second request: %v (it waits for the semaphore the replaced body holds)", err)
+	}
+}
+
+// proxy.http2 off: a client that offers h2 and http/1.1 speaks HTTP/1.1
+// on both legs; a client that offers only h2 (gRPC) still gets HTTP/2.
+func TestHTTP2OffALPN(t *testing.T) {
+	for _, serverH2 := range []bool{true, false} {
+		srv, pool := tlsServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, r.Proto)
+		}), serverH2)
+		r := newRig(t, srv.Listener.Addr().String(), Options{UpstreamRoots: pool, DisableHTTP2: true})
+		for _, c := range []struct {
+			name       string
+			cl         *http.Client
+			wantClient string
+		}{
+			{"h2+h1 client", r.client(true, "example.com"), "HTTP/1.1"},
+			{"h2-only client", r.h2Client("example.com"), "HTTP/2.0"},
+		} {
+			resp, err := c.cl.Get("https://example.com/")
+			if err != nil {
+				t.Errorf("server h2=%v, %s: %v", serverH2, c.name, err)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.Proto != c.wantClient {
+				t.Errorf("server h2=%v, %s: client leg %s, want %s", serverH2, c.name, resp.Proto, c.wantClient)
+			}
+			if c.name == "h2+h1 client" && string(b) != "HTTP/1.1" {
+				t.Errorf("server h2=%v, %s: upstream leg %s, want HTTP/1.1", serverH2, c.name, b)
+			}
+		}
+	}
+}
+
+// For every HTTP offer a client may make, and whatever the server picks
+// from flowdog's offer (or nothing), what flowdog offers the client back
+// holds something the client offered: the client's handshake never ends
+// in no_application_protocol.
+func TestALPNAlwaysAgrees(t *testing.T) {
+	offers := [][]string{{"h2"}, {"http/1.1"}, {"h2", "http/1.1"}, {"http/1.1", "h2"}, {"h2", "acme-x"}, {"http/1.0", "h2"}}
+	for _, off := range []bool{false, true} {
+		c := &conn{p: &Proxy{o: Options{DisableHTTP2: off}}}
+		for _, offer := range offers {
+			h := &hello{ALPN: offer}
+			up := upstreamALPN(c.clientOffer(h))
+			for _, chosen := range append([]string{""}, up...) {
+				got := clientALPN(chosen, c.clientOffer(h))
+				ok := false
+				for _, p := range got {
+					ok = ok || slices.Contains(offer, p)
+				}
+				if !ok {
+					t.Errorf("http2 off=%v, client offers %q, server picks %q: flowdog offers the client %q", off, offer, chosen, got)
+				}
+			}
+		}
+	}
 }

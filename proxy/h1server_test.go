@@ -135,6 +135,7 @@ func TestH1MalformedRequestsAnswered(t *testing.T) {
 	}{
 		{"bad target", "GET /\x01 HTTP/1.1\r\nHost: a.test\r\n\r\n", http.StatusBadRequest},
 		{"bad header line", "GET / HTTP/1.1\r\nHost: a.test\r\nno colon\r\n\r\n", http.StatusBadRequest},
+		{"no host", "GET / HTTP/1.1\r\n\r\n", http.StatusBadRequest},
 		{"two hosts", "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", http.StatusBadRequest},
 		{"two transfer encodings", "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", http.StatusNotImplemented},
 		{"bad header", "GET / HTTP/1.1\r\nHost: a.test\r\nBad Name: x\r\n\r\n", http.StatusBadRequest},

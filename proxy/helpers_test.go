@@ -82,8 +82,13 @@ func (p *pollTCP) Readable() bool {
 		return true // a Read fails at once
 	}
 	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN | unix.POLLRDHUP}}
-	n, err := unix.Poll(fds, 0)
-	return err != nil || n > 0
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err != nil || n > 0
+	}
 }
 
 func (p *pollTCP) OnReadable(f func()) (stop func() bool) {

@@ -100,6 +100,18 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 
 var discardLog = log.New(io.Discard, "", 0)
 
+// alsoClose is a replaced response body that closes the original with it.
+type alsoClose struct {
+	io.ReadCloser
+	orig io.Closer
+}
+
+func (a *alsoClose) Close() error {
+	err := a.ReadCloser.Close()
+	a.orig.Close()
+	return err
+}
+
 // watchConn reports the first read error: the connection is gone.
 type watchConn struct {
 	net.Conn
@@ -203,8 +215,20 @@ func (h *httpHandler) roundTrip(out *http.Request) (*http.Response, error) {
 }
 
 func (h *httpHandler) modifyResponse(resp *http.Response) error {
+	orig := resp.Body
 	if err := h.c.p.chain.Response(h.c.flow, resp); err != nil {
 		return err
+	}
+	switch {
+	case resp.Body == orig || orig == nil:
+	case resp.Body == nil:
+		orig.Close()
+		resp.Body = http.NoBody
+	default:
+		// A hook replaced the body: ReverseProxy closes only the new one,
+		// and the upstream's, unread, must end too (it holds the upstream
+		// connection until then).
+		resp.Body = &alsoClose{ReadCloser: resp.Body, orig: orig}
 	}
 	proto := "http/1.1"
 	if h.h2 {
