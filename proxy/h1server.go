@@ -796,7 +796,7 @@ func writeStatusLine(bw *bufio.Writer, is11 bool, code int) {
 	} else {
 		bw.WriteString("HTTP/1.0 ")
 	}
-	bw.WriteString(strconv.Itoa(code))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
 	bw.WriteByte(' ')
 	text := http.StatusText(code)
 	if text == "" {
@@ -924,7 +924,7 @@ func (w *h1Response) Write(p []byte) (int, error) {
 func (w *h1Response) writeBody(p []byte) (int, error) {
 	bw := w.s.bw
 	if w.chunked && len(p) > 0 {
-		bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(p)), 16))
 		bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)
@@ -1015,13 +1015,16 @@ func (w *h1Response) finish() bool {
 	return w.err == nil && !w.closeAfter && !w.s.closing.Load()
 }
 
+// newlines become spaces in header values, as http.Header.Write does.
+var newlines = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ")
+
 // writeHeaderLine writes one valid header field (a trailer); invalid ones
 // are dropped, as http.Header.Write drops them.
 func writeHeaderLine(bw *bufio.Writer, k, v string) {
 	if !httpguts.ValidHeaderFieldName(k) {
 		return
 	}
-	v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+	v = newlines.Replace(v)
 	bw.WriteString(k)
 	bw.WriteString(": ")
 	bw.WriteString(strings.TrimSpace(v))

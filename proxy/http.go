@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -130,10 +129,7 @@ func (w *watchConn) Read(p []byte) (int, error) {
 func (w *watchConn) CloseWrite() error { return closeWrite(w.Conn) }
 
 func isTLS(c net.Conn) bool {
-	if b, ok := c.(*bufConn); ok {
-		c = b.Conn
-	}
-	_, ok := c.(*tls.Conn)
+	_, ok := unwrapTLS(c)
 	return ok
 }
 
