@@ -13,7 +13,6 @@ import (
 	"sync"
 
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
 )
 
 type roundTripper interface {
@@ -36,10 +35,10 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 	if isTLS(client) {
 		scheme = "https"
 	}
-	var hs *http.Server // HTTP/2 on the client leg
-	var s *h1Server     // HTTP/1.1 on the client leg
+	var hs *h2Server // HTTP/2 on the client leg
+	var s *h1Server  // HTTP/1.1 on the client leg
 	if h2 {
-		hs = &http.Server{ReadHeaderTimeout: o.HeaderTimeout, IdleTimeout: o.IdleTimeout, ErrorLog: discardLog}
+		hs = newH2Server(c, client, nil)
 	} else {
 		s = newH1Server(c, client)
 	}
@@ -47,23 +46,27 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 	gone := func() {
 		once.Do(func() {
 			if h2 {
-				go hs.Shutdown(c.ctx) // GOAWAY; streams in flight finish
+				hs.shutdown() // GOAWAY; streams in flight finish
 			} else {
 				s.upstreamGone() // closes when idle or after this response
 			}
 		})
 	}
-	upstream = &watchConn{Conn: upstream, onErr: gone}
 	var rt roundTripper
 	var h1 *h1Upstream
 	if upProto == "h2" {
-		up, err := newH2Upstream(upstream, o.ResponseHeaderTimeout)
+		var poll *pollConn
+		if c.info.Detach != nil {
+			poll = c.pollUp
+		}
+		up, err := newH2Client(upstream, poll, o.ResponseHeaderTimeout, gone)
 		if err != nil {
 			c.log.Warn("upstream HTTP/2 setup failed", "err", err)
 			return
 		}
 		rt = up
 	} else {
+		upstream = &watchConn{Conn: upstream, onErr: gone}
 		h1 = newH1Upstream(upstream, o.ResponseHeaderTimeout, gone)
 		rt = h1
 	}
@@ -87,14 +90,10 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		s.serve()
 		return
 	}
-	hs.Handler = h
-	srv := &http2.Server{IdleTimeout: o.IdleTimeout, MaxUploadBufferPerConnection: 1 << 20}
-	if err := http2.ConfigureServer(hs, srv); err != nil {
-		c.log.Error("HTTP/2 server setup failed", "err", err)
-		return
-	}
-	srv.ServeConn(client, &http2.ServeConnOpts{Context: c.ctx, Handler: h, BaseConfig: hs})
-	h.wg.Wait()
+	hs.h = h
+	// When it parks, the connection lives on detached: nothing here may
+	// close it.
+	hs.serve()
 }
 
 var discardLog = log.New(io.Discard, "", 0)

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // errUpstreamGone: the one upstream connection is closed; flowdog never
@@ -324,21 +322,6 @@ func (b *upgradedBody) Read(p []byte) (int, error)  { return b.br.Read(p) }
 func (b *upgradedBody) Write(p []byte) (int, error) { return b.conn.Write(p) }
 func (b *upgradedBody) Close() error                { return b.conn.Close() }
 
-// h2Upstream is the single HTTP/2 upstream connection.
-type h2Upstream struct {
-	cc      *http2.ClientConn
-	timeout time.Duration
-}
-
-func newH2Upstream(c net.Conn, headerTimeout time.Duration) (*h2Upstream, error) {
-	t := &http2.Transport{DisableCompression: true, AllowHTTP: true}
-	cc, err := t.NewClientConn(c)
-	if err != nil {
-		return nil, fmt.Errorf("HTTP/2 upstream: %w", err)
-	}
-	return &h2Upstream{cc: cc, timeout: headerTimeout}, nil
-}
-
 // errHeaderTimeout: the server sent no response headers in time.
 var errHeaderTimeout error = headerTimeoutError{}
 
@@ -347,36 +330,3 @@ type headerTimeoutError struct{}
 func (headerTimeoutError) Error() string   { return "timeout awaiting response headers" }
 func (headerTimeoutError) Timeout() bool   { return true }
 func (headerTimeoutError) Temporary() bool { return true }
-
-// RoundTrip sends req as a new stream. The stream is cancelled when the
-// headers do not come within the response-header timeout.
-func (u *h2Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !u.cc.CanTakeNewRequest() {
-		return nil, errUpstreamGone
-	}
-	ctx, cancel := context.WithCancelCause(req.Context())
-	t := time.AfterFunc(u.timeout, func() { cancel(errHeaderTimeout) })
-	resp, err := u.cc.RoundTrip(req.WithContext(ctx))
-	t.Stop()
-	if err != nil {
-		if errors.Is(context.Cause(ctx), errHeaderTimeout) {
-			err = errHeaderTimeout
-		}
-		cancel(nil)
-		return nil, err
-	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil
-}
-
-// cancelOnClose releases the stream's context with its body.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelCauseFunc
-}
-
-func (c *cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel(nil)
-	return err
-}

@@ -1,0 +1,392 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Client sends requests as streams on the one HTTP/2 upstream
+// connection. Its frame reader parks between frames as the client leg's
+// does, so an idle upstream connection holds no goroutine either.
+type h2Client struct {
+	h2Conn
+	timeout  time.Duration // response headers
+	tls      *tls.ConnectionState
+	nextID   uint32 // under wmu and mu
+	deadOnce sync.Once
+	onDead   func()
+}
+
+// newH2Client starts HTTP/2 on upstream; onDead runs once when it takes
+// no more requests. poll, when set, lets the reader park.
+func newH2Client(upstream net.Conn, poll *pollConn, headerTimeout time.Duration, onDead func()) (*h2Client, error) {
+	cl := &h2Client{timeout: headerTimeout, nextID: 1, onDead: onDead}
+	cl.role = cl
+	cl.conn = upstream
+	cl.poll = poll
+	if tc, ok := unwrapTLS(upstream); ok {
+		cs := tc.ConnectionState()
+		cl.tls = &cs
+	}
+	cl.init()
+	if _, err := io.WriteString(upstream, h2Preface); err != nil {
+		return nil, fmt.Errorf("HTTP/2 upstream preface: %w", err)
+	}
+	if err := cl.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0}); err != nil {
+		return nil, fmt.Errorf("HTTP/2 upstream settings: %w", err)
+	}
+	go cl.wakeRead()
+	return cl, nil
+}
+
+func (cl *h2Client) dead() {
+	cl.deadOnce.Do(func() {
+		if cl.onDead != nil {
+			cl.onDead()
+		}
+	})
+}
+
+func (cl *h2Client) ended(error) { cl.dead() }
+func (cl *h2Client) peerGoAway() { cl.dead() }
+
+func (cl *h2Client) streamClosed(*h2Stream) {
+	if cl.doneLocked() {
+		go cl.fail(errUpstreamGone)
+	}
+}
+
+// idleStream: streams flowdog has not opened yet, and any even one (the
+// server may not push: ENABLE_PUSH is 0).
+func (cl *h2Client) idleStream(id uint32) bool { return id%2 == 0 || id >= cl.nextID }
+
+// close ends the connection (the client leg is done with it).
+func (cl *h2Client) close() { cl.goAway(http2.ErrCodeNo, errUpstreamGone) }
+
+// RoundTrip sends req as a new stream and returns the response once its
+// header came; the response-header timeout cancels the stream.
+func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	closeBody := func() {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+	}
+	fields, err := requestFields(req, hasBody)
+	if err != nil {
+		closeBody()
+		return nil, err
+	}
+	// Wait for a stream slot.
+	wake := context.AfterFunc(ctx, func() {
+		cl.mu.Lock()
+		cl.cond.Broadcast()
+		cl.mu.Unlock()
+	})
+	cl.mu.Lock()
+	for cl.err == nil && !cl.goAwayRecv && ctx.Err() == nil && uint32(len(cl.streams)) >= cl.peer.maxStreams {
+		cl.cond.Wait()
+	}
+	err = cl.err
+	if err == nil && cl.goAwayRecv {
+		err = errUpstreamGone
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	cl.mu.Unlock()
+	wake()
+	if err != nil {
+		closeBody()
+		return nil, fmt.Errorf("%w: %w", errUpstreamGone, err)
+	}
+
+	// Stream ids go out in order: allocated and sent under wmu.
+	cl.wmu.Lock()
+	cl.mu.Lock()
+	if cl.err != nil {
+		cl.mu.Unlock()
+		cl.wmu.Unlock()
+		closeBody()
+		return nil, fmt.Errorf("%w: %w", errUpstreamGone, cl.err)
+	}
+	id := cl.nextID
+	cl.nextID += 2
+	st := cl.newStreamLocked(id)
+	st.isHead = req.Method == http.MethodHead
+	if !hasBody {
+		st.sendDone = true
+	}
+	cl.mu.Unlock()
+	err = cl.writeLocked(func(fr *http2.Framer) error { return cl.writeHeadersLocked(fr, id, !hasBody, fields) })
+	cl.wmu.Unlock()
+	if err != nil {
+		closeBody()
+		return nil, err
+	}
+
+	stop := context.AfterFunc(ctx, func() {
+		cl.resetStream(id, http2.ErrCodeCancel, context.Cause(ctx))
+	})
+	timer := time.AfterFunc(cl.timeout, func() {
+		cl.mu.Lock()
+		waiting := st.resp == nil
+		cl.mu.Unlock()
+		if waiting {
+			cl.resetStream(id, http2.ErrCodeCancel, errHeaderTimeout)
+		}
+	})
+	cl.mu.Lock()
+	st.cleanup = func() { stop() }
+	cl.mu.Unlock()
+
+	var gate *bodyGate
+	if hasBody {
+		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+			gate = newBodyGate()
+			t := time.AfterFunc(expectContinueTimeout, func() { gate.decide(true) })
+			defer t.Stop()
+			cl.mu.Lock()
+			st.onContinue = func() { gate.decide(true) }
+			cl.mu.Unlock()
+		}
+		go cl.writeBody(st, req, gate)
+	}
+
+	cl.mu.Lock()
+	for st.resp == nil && !st.ended {
+		cl.cond.Wait()
+	}
+	resp, rerr := st.resp, st.recvErr
+	cl.mu.Unlock()
+	timer.Stop()
+	if gate != nil {
+		gate.decide(false) // a final answer first: the body is not sent
+	}
+	if resp == nil {
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		if errors.Is(rerr, errHeaderTimeout) {
+			return nil, errHeaderTimeout
+		}
+		return nil, fmt.Errorf("upstream HTTP/2 stream: %w", rerr)
+	}
+	resp.Request = req
+	return resp, nil
+}
+
+// writeBody streams the request body, then its trailers.
+func (cl *h2Client) writeBody(st *h2Stream, req *http.Request, gate *bodyGate) {
+	defer req.Body.Close()
+	if gate != nil {
+		<-gate.done
+		if !gate.send {
+			cl.resetStream(st.id, http2.ErrCodeCancel, errBodyRefused)
+			return
+		}
+	}
+	buf := copyBuffers.Get()
+	defer copyBuffers.Put(buf)
+	for {
+		n, err := req.Body.Read(buf)
+		if n > 0 {
+			if werr := st.writeData(buf[:n], false); werr != nil {
+				return // the stream or connection ended: its reader says why
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			cl.resetStream(st.id, http2.ErrCodeCancel, fmt.Errorf("reading request body: %w", err))
+			return
+		}
+	}
+	if t := appendFields(nil, req.Trailer); len(t) > 0 {
+		st.writeHeaders(t, true)
+		return
+	}
+	st.writeData(nil, true)
+}
+
+// requestFields encodes req's header block, as x/net's Transport does.
+func requestFields(req *http.Request, hasBody bool) ([]hpack.HeaderField, error) {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return nil, fmt.Errorf("invalid Host %q", host)
+	}
+	path := req.URL.RequestURI()
+	if req.Method == http.MethodOptions && path == "*" || req.URL.Opaque != "" {
+		path = req.URL.Opaque
+		if path == "" {
+			path = "*"
+		}
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	scheme := req.URL.Scheme
+	if scheme == "" {
+		scheme = "https"
+	}
+	f := []hpack.HeaderField{
+		{Name: ":method", Value: method},
+		{Name: ":authority", Value: host},
+		{Name: ":scheme", Value: scheme},
+		{Name: ":path", Value: path},
+	}
+	h := req.Header
+	for k, vv := range h {
+		lk := strings.ToLower(k)
+		switch lk {
+		case "host", "content-length", "trailer":
+			continue
+		case "te":
+			// Only "trailers" may pass (RFC 9113, 8.2.2).
+			if !httpguts.HeaderValuesContainsToken(vv, "trailers") {
+				continue
+			}
+			f = append(f, hpack.HeaderField{Name: "te", Value: "trailers"})
+			continue
+		}
+		if connSpecific(lk) || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, fmt.Errorf("invalid value for header %q", k)
+			}
+			f = append(f, hpack.HeaderField{Name: lk, Value: v, Sensitive: lk == "authorization" || lk == "cookie"})
+		}
+	}
+	if len(req.Trailer) > 0 {
+		keys := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			keys = append(keys, strings.ToLower(k))
+		}
+		f = append(f, hpack.HeaderField{Name: "trailer", Value: strings.Join(keys, ",")})
+	}
+	if cl := req.ContentLength; cl > 0 || cl == 0 && !hasBody && sendsZeroLength(method) {
+		f = append(f, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(cl, 10)})
+	}
+	return f, nil
+}
+
+// sendsZeroLength: methods whose empty body is worth saying (net/http's
+// rule).
+func sendsZeroLength(method string) bool {
+	switch method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		return true
+	}
+	return false
+}
+
+// headers takes a response header block (or trailers) for one of
+// flowdog's streams.
+func (cl *h2Client) headers(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	st := cl.streams[id]
+	if st == nil {
+		if cl.idleStream(id) {
+			return h2ConnError(http2.ErrCodeProtocol, "HEADERS on idle stream %d", id)
+		}
+		return nil // a stream flowdog reset: its frames in flight are dropped
+	}
+	if st.resp != nil {
+		if st.recvDone {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+		}
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		}
+		t, err := trailerFields(f)
+		if err != nil {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}
+		}
+		st.trailers = t
+		st.recvEnd(nil)
+		cl.cond.Broadcast()
+		return nil
+	}
+	status := f.PseudoValue("status")
+	code, err := strconv.Atoi(status)
+	if err != nil || len(status) != 3 || code < 100 {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: fmt.Errorf("bad :status %q", status)}
+	}
+	if code < 200 {
+		if f.StreamEnded() {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		}
+		if code == http.StatusContinue && st.onContinue != nil {
+			st.onContinue()
+		}
+		return nil // other informational responses are not forwarded
+	}
+	header := make(http.Header, len(f.Fields))
+	for _, hf := range f.RegularFields() {
+		k := http.CanonicalHeaderKey(hf.Name)
+		header[k] = append(header[k], hf.Value)
+	}
+	resp := &http.Response{
+		Status: status + " " + http.StatusText(code), StatusCode: code,
+		Proto: "HTTP/2.0", ProtoMajor: 2, Header: header, TLS: cl.tls, ContentLength: -1,
+	}
+	for _, v := range header["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" {
+				if resp.Trailer == nil {
+					resp.Trailer = make(http.Header)
+				}
+				resp.Trailer[k] = nil
+			}
+		}
+	}
+	delete(header, "Trailer")
+	if v := header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			resp.ContentLength = n
+		}
+	}
+	noBody := !bodyAllowedForStatus(code) || st.isHead
+	if !noBody && resp.ContentLength >= 0 {
+		st.wantLen = resp.ContentLength
+	}
+	if f.StreamEnded() {
+		if !noBody && resp.ContentLength > 0 {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: errors.New("content-length without body")}
+		}
+		if resp.ContentLength < 0 && !st.isHead {
+			resp.ContentLength = 0
+		}
+		resp.Body = http.NoBody
+		st.resp = resp
+		st.recvEnd(nil)
+	} else {
+		resp.Body = &h2Body{st: st, trailer: &resp.Trailer}
+		st.resp = resp
+	}
+	cl.cond.Broadcast()
+	return nil
+}

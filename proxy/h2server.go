@@ -1,0 +1,572 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Server serves HTTP/2 on the client leg: each stream's request runs
+// the handler on a goroutine of its own, and the frame reader parks
+// between frames (h2Conn).
+type h2Server struct {
+	h2Conn
+	pc   *conn
+	h    http.Handler
+	ctx  context.Context
+	tls  *tls.ConnectionState
+	addr net.Addr
+	// onIdle runs, under mu, when the last open stream ends.
+	onIdle func()
+}
+
+func newH2Server(pc *conn, client net.Conn, h http.Handler) *h2Server {
+	s := &h2Server{pc: pc, h: h, ctx: pc.ctx}
+	s.role = s
+	s.server = true
+	s.conn = client
+	s.log = pc.log
+	s.idleTimeout = pc.p.o.IdleTimeout
+	if pc.pollClient != nil && pc.info.Detach != nil {
+		s.poll = pc.pollClient
+		s.detach = pc.detach
+		s.onPark = func(parked bool) {
+			if parked {
+				pc.p.m.parked.Inc()
+			} else {
+				pc.p.m.parked.Dec()
+			}
+		}
+	}
+	if tc, ok := unwrapTLS(client); ok {
+		cs := tc.ConnectionState()
+		s.tls = &cs
+	}
+	s.addr = net.TCPAddrFromAddrPort(pc.info.Server)
+	s.init()
+	return s
+}
+
+var errBadPreface = errors.New("http2: bad client preface")
+
+// serve reads the client's preface and serves frames until the connection
+// ends or parks (then it lives on detached).
+func (s *h2Server) serve() {
+	if err := s.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams}); err != nil {
+		return
+	}
+	s.conn.SetReadDeadline(time.Now().Add(s.pc.p.o.HeaderTimeout))
+	rf := s.reader()
+	var pre [len(h2Preface)]byte
+	if _, err := io.ReadFull(s.br, pre[:]); err != nil || string(pre[:]) != h2Preface {
+		s.fail(errBadPreface)
+		return
+	}
+	f, err := rf.fr.ReadFrame()
+	s.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		s.readError(err)
+		return
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		s.goAway(http2.ErrCodeProtocol, errors.New("http2: first frame is not SETTINGS"))
+		return
+	}
+	if err := s.handle(sf); err != nil && !s.readError(err) {
+		return
+	}
+	s.run()
+}
+
+// shutdown says GOAWAY: streams open finish, then the connection closes
+// (the upstream is gone, so new requests must go elsewhere).
+func (s *h2Server) shutdown() {
+	s.mu.Lock()
+	if s.goAwaySent || s.err != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.goAwaySent = true
+	last := s.lastGood
+	done := len(s.streams) == 0
+	s.mu.Unlock()
+	s.write(func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	if done {
+		s.fail(errUpstreamGone)
+	}
+}
+
+func (s *h2Server) idleStream(id uint32) bool { return id > s.lastGood }
+
+func (s *h2Server) ended(error) { s.pc.finish() }
+
+func (s *h2Server) peerGoAway() {
+	s.mu.Lock()
+	done := s.doneLocked()
+	s.mu.Unlock()
+	if done {
+		s.fail(errors.New("http2: client said GOAWAY"))
+	}
+}
+
+func (s *h2Server) streamClosed(*h2Stream) {
+	if len(s.streams) > 0 {
+		return
+	}
+	if s.doneLocked() {
+		go s.fail(errors.New("http2: connection done after GOAWAY"))
+		return
+	}
+	if s.onIdle != nil {
+		s.onIdle()
+	}
+}
+
+func (s *h2Server) headers(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 != 1 {
+		return h2ConnError(http2.ErrCodeProtocol, "client stream %d is even", id)
+	}
+	s.mu.Lock()
+	if st := s.streams[id]; st != nil {
+		defer s.mu.Unlock()
+		return s.trailersLocked(st, f)
+	}
+	if id <= s.lastGood {
+		s.mu.Unlock()
+		return h2ConnError(http2.ErrCodeStreamClosed, "HEADERS on closed stream %d", id)
+	}
+	s.lastGood = id
+	if s.goAwaySent {
+		s.mu.Unlock()
+		return nil // after GOAWAY new streams are ignored; the client retries them
+	}
+	if len(s.streams) >= h2MaxStreams {
+		s.mu.Unlock()
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
+	}
+	st := s.newStreamLocked(id)
+	s.mu.Unlock()
+	req, cancel, err := s.newRequest(st, f)
+	if err != nil {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}
+	}
+	var h http.Handler = s.h
+	if f.Truncated {
+		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "431 Request Header Fields Too Large", http.StatusRequestHeaderFieldsTooLarge)
+		})
+	}
+	go s.runHandler(st, req, h, cancel)
+	return nil
+}
+
+// trailersLocked takes a second header block: the request's trailers.
+func (s *h2Server) trailersLocked(st *h2Stream, f *http2.MetaHeadersFrame) error {
+	if st.recvDone {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeStreamClosed}
+	}
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+	}
+	if st.wantLen >= 0 && st.got != st.wantLen {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+	}
+	t, err := trailerFields(f)
+	if err != nil {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol, Cause: err}
+	}
+	st.trailers = t
+	st.recvEnd(nil)
+	s.cond.Broadcast()
+	return nil
+}
+
+func trailerFields(f *http2.MetaHeadersFrame) (http.Header, error) {
+	t := make(http.Header)
+	for _, hf := range f.RegularFields() {
+		k := http.CanonicalHeaderKey(hf.Name)
+		if !httpguts.ValidTrailerHeader(k) {
+			return nil, fmt.Errorf("invalid trailer %q", k)
+		}
+		t[k] = append(t[k], hf.Value)
+	}
+	return t, nil
+}
+
+// connHeaders are HTTP/1 connection-specific fields, not allowed in
+// HTTP/2 (RFC 9113, 8.2.2).
+func connSpecific(name string) bool {
+	switch name {
+	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
+}
+
+// newRequest builds the stream's request, as x/net's server does.
+func (s *h2Server) newRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*http.Request, context.CancelFunc, error) {
+	method, path := f.PseudoValue("method"), f.PseudoValue("path")
+	scheme, authority := f.PseudoValue("scheme"), f.PseudoValue("authority")
+	if f.PseudoValue("protocol") != "" {
+		return nil, nil, errors.New(":protocol without extended CONNECT")
+	}
+	if method == http.MethodConnect {
+		if path != "" || scheme != "" || authority == "" {
+			return nil, nil, errors.New("malformed CONNECT")
+		}
+	} else if method == "" || path == "" || scheme == "" {
+		return nil, nil, errors.New("missing pseudo-header")
+	}
+	header := make(http.Header, len(f.Fields))
+	for _, hf := range f.RegularFields() {
+		if connSpecific(hf.Name) || hf.Name == "te" && hf.Value != "trailers" {
+			return nil, nil, fmt.Errorf("connection-specific header %q", hf.Name)
+		}
+		k := http.CanonicalHeaderKey(hf.Name)
+		header[k] = append(header[k], hf.Value)
+	}
+	if c := header["Cookie"]; len(c) > 1 {
+		header["Cookie"] = []string{strings.Join(c, "; ")}
+	}
+	end := f.StreamEnded()
+	var cl int64 = -1
+	if vv := header["Content-Length"]; len(vv) > 0 {
+		for _, v := range vv[1:] {
+			if v != vv[0] {
+				return nil, nil, errors.New("conflicting content-length")
+			}
+		}
+		n, err := strconv.ParseUint(vv[0], 10, 63)
+		if err != nil {
+			return nil, nil, errors.New("invalid content-length")
+		}
+		cl = int64(n)
+		if end && cl != 0 {
+			return nil, nil, errors.New("content-length without body")
+		}
+	}
+	var u *url.URL
+	var err error
+	switch {
+	case method == http.MethodConnect:
+		u = &url.URL{Host: authority}
+	case path == "*" && method == http.MethodOptions:
+		u = &url.URL{Path: "*"}
+	default:
+		if u, err = url.ParseRequestURI(path); err != nil {
+			return nil, nil, fmt.Errorf("invalid :path: %w", err)
+		}
+	}
+	if authority == "" {
+		authority = header.Get("Host")
+	}
+	delete(header, "Host")
+	var trailer http.Header
+	for _, v := range header["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			k = http.CanonicalHeaderKey(textproto(k))
+			if k == "" || !httpguts.ValidTrailerHeader(k) {
+				continue
+			}
+			if trailer == nil {
+				trailer = make(http.Header)
+			}
+			trailer[k] = nil
+		}
+	}
+	delete(header, "Trailer")
+
+	ctx, cancel := context.WithCancel(s.ctx)
+	ctx = context.WithValue(ctx, http.ServerContextKey, serverMarker)
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, s.addr)
+	req := (&http.Request{
+		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2,
+		Header: header, Host: authority, RequestURI: path, TLS: s.tls,
+		RemoteAddr: s.pc.info.Client.String(), Trailer: trailer,
+	}).WithContext(ctx)
+	s.mu.Lock()
+	st.wantLen = cl
+	st.onEnd = func(error) { cancel() } // a reset stream ends its request
+	if end {
+		st.recvEnd(nil)
+	}
+	s.mu.Unlock()
+	if end {
+		req.Body, req.ContentLength = http.NoBody, 0
+		return req, cancel, nil
+	}
+	req.ContentLength = cl
+	b := &h2Body{st: st, trailer: &req.Trailer}
+	req.Body = b
+	return req, cancel, nil
+}
+
+func textproto(s string) string { return strings.TrimSpace(s) }
+
+// runHandler serves one stream's request and ends the stream.
+func (s *h2Server) runHandler(st *h2Stream, req *http.Request, h http.Handler, cancel context.CancelFunc) {
+	w := &h2Response{s: s, st: st, req: req, header: make(http.Header)}
+	if b, ok := req.Body.(*h2Body); ok && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		b.onRead = w.sendContinue
+	}
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			if r != http.ErrAbortHandler {
+				s.pc.p.m.panics.Inc()
+				s.log.Error("proxy panic serving an HTTP/2 stream", "panic", r)
+			}
+			s.resetStream(st.id, http2.ErrCodeInternal, fmt.Errorf("handler: %v", r))
+			return
+		}
+		if err := w.finish(); err != nil {
+			s.resetStream(st.id, http2.ErrCodeInternal, err)
+			return
+		}
+		s.mu.Lock()
+		open := !st.recvDone
+		s.mu.Unlock()
+		if open {
+			// Answered before the request body ended: the client may
+			// stop sending it (RFC 9113, 8.1).
+			s.resetStream(st.id, http2.ErrCodeNo, errors.New("response complete"))
+		}
+	}()
+	h.ServeHTTP(w, req)
+}
+
+// h2Response is a stream's http.ResponseWriter.
+type h2Response struct {
+	s      *h2Server
+	st     *h2Stream
+	req    *http.Request
+	header http.Header
+
+	mu          sync.Mutex // a 100 Continue (from the body's reader) vs the response header
+	status      int        // 0 until WriteHeader
+	sentHeader  bool
+	sentCont    bool
+	noBody      bool
+	isHead      bool
+	contentLen  int64
+	written     int64
+	declared    []string // trailer names announced in the header
+	handlerDone bool
+}
+
+func (w *h2Response) Header() http.Header { return w.header }
+
+func (w *h2Response) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.status != 0 {
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		if code == http.StatusContinue && w.sentCont {
+			return
+		}
+		w.sentCont = w.sentCont || code == http.StatusContinue
+		w.st.writeHeaders(responseFields(code, w.header, nil), false)
+		return
+	}
+	w.status = code
+	w.isHead = w.req.Method == http.MethodHead
+	w.noBody = w.isHead || !bodyAllowedForStatus(code)
+	w.contentLen = -1
+	if v := w.header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			w.contentLen = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+}
+
+func bodyAllowedForStatus(code int) bool {
+	return !(code >= 100 && code < 200 || code == http.StatusNoContent || code == http.StatusNotModified)
+}
+
+// sendContinue answers Expect: 100-continue when the handler first reads
+// the body (as net/http does), unless the response already began.
+func (w *h2Response) sendContinue() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.sentCont || w.sentHeader || w.status != 0 {
+		return
+	}
+	w.sentCont = true
+	w.st.writeHeaders([]hpack.HeaderField{{Name: ":status", Value: "100"}}, false)
+}
+
+// commitLocked sends the response header.
+func (w *h2Response) commitLocked(end bool) error {
+	w.sentHeader = true
+	for _, v := range w.header["Trailer"] {
+		for _, k := range strings.Split(v, ",") {
+			if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" {
+				w.declared = append(w.declared, k)
+			}
+		}
+	}
+	return w.st.writeHeaders(responseFields(w.status, w.header, nil), end)
+}
+
+func (w *h2Response) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.noBody {
+		if w.isHead {
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.contentLen >= 0 && w.written+int64(len(p)) > w.contentLen {
+		return 0, errors.New("http2: handler wrote more than the declared Content-Length")
+	}
+	w.mu.Lock()
+	if !w.sentHeader {
+		if err := w.commitLocked(false); err != nil {
+			w.mu.Unlock()
+			return 0, err
+		}
+	}
+	w.mu.Unlock()
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := w.st.writeData(p, false); err != nil {
+		return 0, err
+	}
+	w.written += int64(len(p))
+	return len(p), nil
+}
+
+func (w *h2Response) Flush() { w.FlushError() }
+
+// FlushError sends the header if it was not sent; data is never held.
+func (w *h2Response) FlushError() error {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.sentHeader {
+		return w.commitLocked(false)
+	}
+	return nil
+}
+
+// EnableFullDuplex: HTTP/2 is.
+func (w *h2Response) EnableFullDuplex() error { return nil }
+
+// finish ends the stream: the header if not sent, trailers if any, and
+// END_STREAM.
+func (w *h2Response) finish() error {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.contentLen > 0 && w.written < w.contentLen && !w.noBody {
+		return fmt.Errorf("http2: handler wrote %d of %d declared bytes", w.written, w.contentLen)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.handlerDone = true
+	var trailers []hpack.HeaderField
+	if !w.sentHeader {
+		if !w.hasTrailers() {
+			return w.commitLocked(true)
+		}
+		if err := w.commitLocked(false); err != nil {
+			return err
+		}
+	}
+	trailers = w.trailerFields()
+	if len(trailers) > 0 {
+		return w.st.writeHeaders(trailers, true)
+	}
+	return w.st.writeData(nil, true)
+}
+
+func (w *h2Response) hasTrailers() bool {
+	if len(w.header["Trailer"]) > 0 {
+		return true
+	}
+	for k := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// trailerFields are the announced trailers and those set with
+// http.TrailerPrefix.
+func (w *h2Response) trailerFields() []hpack.HeaderField {
+	var f []hpack.HeaderField
+	add := func(k string, vv []string) {
+		k = http.CanonicalHeaderKey(k)
+		if !httpguts.ValidTrailerHeader(k) {
+			return
+		}
+		for _, v := range vv {
+			if httpguts.ValidHeaderFieldValue(v) {
+				f = append(f, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
+			}
+		}
+	}
+	for _, k := range w.declared {
+		add(k, w.header[k])
+	}
+	for k, vv := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			add(name, vv)
+		}
+	}
+	return f
+}
+
+// responseFields encodes a status and header (fields that HTTP/2 does not
+// allow are dropped) after the given pseudo-fields.
+func responseFields(code int, h http.Header, f []hpack.HeaderField) []hpack.HeaderField {
+	f = append(f, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(code)})
+	return appendFields(f, h)
+}
+
+func appendFields(f []hpack.HeaderField, h http.Header) []hpack.HeaderField {
+	for k, vv := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		lk := strings.ToLower(k)
+		if connSpecific(lk) || lk == "te" {
+			continue
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				continue
+			}
+			f = append(f, hpack.HeaderField{Name: lk, Value: v, Sensitive: lk == "authorization" || lk == "cookie" || lk == "set-cookie"})
+		}
+	}
+	return f
+}
