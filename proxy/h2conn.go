@@ -82,7 +82,11 @@ type h2Conn struct {
 		maxStreams uint32
 	}
 	goAwaySent, goAwayRecv bool
-	lastGood               uint32 // from the peer's GOAWAY
+	lastGood               uint32 // server: the highest client stream seen
+	// Streams flowdog reset lately: their frames in flight are dropped,
+	// not answered with another RST_STREAM (RFC 9113, 5.4.2).
+	recentResets [8]uint32
+	nextReset    int
 
 	// The reader: only its goroutine touches these.
 	hdec *hpack.Decoder
@@ -249,7 +253,8 @@ func (c *h2Conn) goAway(code http2.ErrCode, why error) {
 // run reads frames until the connection ends (false) or the reader parks
 // (true).
 func (c *h2Conn) run() (parked bool) {
-	defer c.releaseReader()
+	// Once parked, the reader's state belongs to the next wake-up: only
+	// a reader that ends releases it on the way out.
 	for {
 		if c.poll != nil && !c.frameSoon() && c.park() {
 			return true
@@ -262,12 +267,14 @@ func (c *h2Conn) run() (parked bool) {
 				c.rfr = nil // its state is unknown: not for the pool
 			}
 			if !c.readError(err) {
+				c.releaseReader()
 				return false
 			}
 			continue
 		}
 		if err := c.handle(f); err != nil {
 			if !c.readError(err) {
+				c.releaseReader()
 				return false
 			}
 		}
@@ -281,6 +288,13 @@ func (c *h2Conn) readError(err error) bool {
 	var ce http2.ConnectionError
 	switch {
 	case errors.As(err, &se):
+		if c.server {
+			c.mu.Lock()
+			if se.StreamID%2 == 1 && se.StreamID > c.lastGood {
+				c.lastGood = se.StreamID // refused, but opened
+			}
+			c.mu.Unlock()
+		}
 		c.resetStream(se.StreamID, se.Code, err)
 		return true
 	case errors.As(err, &ce):
@@ -363,6 +377,20 @@ func (c *h2Conn) park() bool {
 	}
 	c.stop = c.poll.p.OnReadable(func() { c.wake(gen, false) })
 	return true
+}
+
+// armIdleLocked starts the idle timeout of a parked reader whose last
+// stream just ended (c.mu held).
+func (c *h2Conn) armIdleLocked() {
+	if c.idleTimeout <= 0 {
+		return
+	}
+	c.parkMu.Lock()
+	defer c.parkMu.Unlock()
+	if c.parked && !c.woken && c.timer == nil {
+		gen := c.parkGen
+		c.timer = time.AfterFunc(c.idleTimeout, func() { c.wake(gen, true) })
+	}
 }
 
 // wake runs on a goroutine of its own; the first wake-up of a park reads on.
@@ -535,16 +563,18 @@ func (c *h2Conn) windowUpdate(f *http2.WindowUpdateFrame) error {
 
 func (c *h2Conn) rstStream(f *http2.RSTStreamFrame) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	st := c.streams[f.StreamID]
 	if st == nil {
-		if c.idle(f.StreamID) {
+		idle := c.idle(f.StreamID)
+		c.mu.Unlock()
+		if idle {
 			return h2ConnError(http2.ErrCodeProtocol, "RST_STREAM on idle stream %d", f.StreamID)
 		}
 		return nil
 	}
-	st.resetRemote = true
 	st.endLocked(fmt.Errorf("stream reset by peer: %v", f.ErrCode))
+	c.mu.Unlock()
+	c.consumed(nil, 0) // what the stream left unread is the peer's again
 	return nil
 }
 
@@ -574,10 +604,12 @@ func (c *h2Conn) data(f *http2.DataFrame) error {
 		switch {
 		case idle:
 			return h2ConnError(http2.ErrCodeProtocol, "DATA on idle stream %d", f.StreamID)
+		case c.wasReset(f.StreamID):
+			return nil // frames in flight after flowdog's RST_STREAM
 		case st == nil || closed:
 			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed}
 		}
-		return nil // a stream flowdog reset: frames in flight are dropped
+		return nil
 	}
 	if n > st.recvWin {
 		c.mu.Unlock()
@@ -649,11 +681,23 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, why error) {
 			c.mu.Unlock()
 			return
 		}
-		st.reset = true
 		st.endLocked(fmt.Errorf("stream reset: %w", why))
 	}
+	c.recentResets[c.nextReset%len(c.recentResets)] = id
+	c.nextReset++
 	c.mu.Unlock()
 	c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
+	c.consumed(nil, 0)
+}
+
+// wasReset reports, under mu, whether flowdog reset stream id lately.
+func (c *h2Conn) wasReset(id uint32) bool {
+	for _, r := range c.recentResets {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // closeIfDone closes a connection that said GOAWAY once its last stream
@@ -684,12 +728,11 @@ type h2Stream struct {
 	onContinue func()
 	cleanup    func() // under mu, when the stream is forgotten
 
-	isHead      bool // the client end's: a HEAD request (no body comes)
-	reset       bool // RST_STREAM sent or received
-	resetRemote bool
-	ended       bool
-	onEnd       func(error) // under mu, once: the stream is over early
-	closed      bool        // removed from the connection
+	isHead bool // the client end's: a HEAD request (no body comes)
+	reset  bool // RST_STREAM sent or received
+	ended  bool
+	onEnd  func(error) // under mu, once: the stream is over early
+	closed bool        // removed from the connection
 }
 
 func (c *h2Conn) newStreamLocked(id uint32) *h2Stream {
@@ -718,11 +761,13 @@ func (st *h2Stream) endLocked(err error) {
 	st.ended = true
 	st.reset = true
 	if !st.recvDone {
-		// What came before stays readable; then the error. A stream
-		// reset after its END_STREAM (a server that answered before the
-		// request body ended) keeps its complete body.
+		// Cut short: what it buffered is dropped, and its window given
+		// back. A stream reset after its END_STREAM (a server that
+		// answered before the request body ended) keeps its whole body.
 		st.recvErr = err
 		st.recvDone = true
+		st.c.unacked += int32(st.buf.Len())
+		st.buf = bytes.Buffer{}
 	}
 	if st.onEnd != nil {
 		st.onEnd(err)
@@ -745,6 +790,7 @@ func (st *h2Stream) maybeCloseLocked() {
 	}
 	if len(c.streams) == 0 {
 		c.streams = map[uint32]*h2Stream{} // an idle map holds no buckets
+		c.armIdleLocked()
 	}
 	c.role.streamClosed(st)
 	c.cond.Broadcast()

@@ -29,8 +29,45 @@ type h2Server struct {
 	ctx  context.Context
 	tls  *tls.ConnectionState
 	addr net.Addr
-	// onIdle runs, under mu, when the last open stream ends.
-	onIdle func()
+	// With an HTTP/1.1 upstream: watched while no stream is open.
+	up     *h1Upstream
+	upPoll *pollConn
+	upStop func() bool // under mu
+}
+
+// watchUpstream makes the client's connection end (GOAWAY) when the
+// HTTP/1.1 server closes, or speaks out of turn, while no request is out,
+// as on the HTTP/1.1 leg: without it the client's next request would get
+// a 502. The watch is a readiness callback: no goroutine waits.
+func (s *h2Server) watchUpstream(up *h1Upstream, pc *pollConn) {
+	s.up, s.upPoll = up, pc
+	s.mu.Lock()
+	s.armUpWatchLocked()
+	s.mu.Unlock()
+}
+
+func (s *h2Server) armUpWatchLocked() {
+	if s.up == nil || s.upStop != nil || s.err != nil || len(s.streams) > 0 {
+		return
+	}
+	s.upStop = s.upPoll.p.OnReadable(s.upstreamReadable)
+}
+
+func (s *h2Server) upstreamReadable() {
+	s.mu.Lock()
+	s.upStop = nil
+	busy := len(s.streams) > 0
+	s.mu.Unlock()
+	if busy {
+		return // a request's response reader sees it; the last stream re-arms
+	}
+	if s.up.idleCheck(s.upPoll) {
+		s.mu.Lock()
+		s.armUpWatchLocked()
+		s.mu.Unlock()
+	}
+	// Otherwise idleCheck ended the upstream, and with it this
+	// connection (shutdown).
 }
 
 func newH2Server(pc *conn, client net.Conn, h http.Handler) *h2Server {
@@ -131,9 +168,7 @@ func (s *h2Server) streamClosed(*h2Stream) {
 		go s.fail(errors.New("http2: connection done after GOAWAY"))
 		return
 	}
-	if s.onIdle != nil {
-		s.onIdle()
-	}
+	s.armUpWatchLocked()
 }
 
 func (s *h2Server) headers(f *http2.MetaHeadersFrame) error {

@@ -91,6 +91,9 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		return
 	}
 	hs.h = h
+	if h1 != nil && c.pollUp != nil && c.info.Detach != nil {
+		hs.watchUpstream(h1, c.pollUp)
+	}
 	// When it parks, the connection lives on detached: nothing here may
 	// close it.
 	hs.serve()
