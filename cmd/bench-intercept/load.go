@@ -111,7 +111,7 @@ func (r rateResult) pct(p float64) time.Duration {
 // most one connection: with keepAlive it is reused for every request (one
 // keep-alive connection per client), without it every request opens,
 // handshakes and closes a connection of its own.
-func load(ctx context.Context, l *lab, o *options, t target, keepAlive bool, during func(time.Duration)) rateResult {
+func load(ctx context.Context, l *lab, o *options, t target, keepAlive, h2 bool, during func(time.Duration)) rateResult {
 	var dials atomic.Int64
 	dial := l.dialer()
 	start := time.Now()
@@ -147,6 +147,25 @@ func load(ctx context.Context, l *lab, o *options, t target, keepAlive bool, dur
 			TLSHandshakeTimeout: 10 * time.Second,
 		}
 		c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+		if h2 {
+			c.Transport = &http2.Transport{
+				DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+					dials.Add(1)
+					raw, err := dial(ctx, network, addr)
+					if err != nil {
+						return nil, err
+					}
+					tc := tls.Client(raw, cfg)
+					if err := tc.HandshakeContext(ctx); err != nil {
+						raw.Close()
+						return nil, err
+					}
+					return tc, nil
+				},
+				TLSClientConfig:    l.tlsConfig(t.serverName(), "h2"),
+				DisableCompression: true,
+			}
+		}
 		wg.Go(func() {
 			defer tr.CloseIdleConnections()
 			var lat []time.Duration

@@ -15,7 +15,7 @@
 //
 // Scenarios: HTTP/1.1 keep-alive requests/s with p50/p99 latency (plain
 // HTTP, and HTTPS: TLS end to end on the fast path, intercepted with
-// flowdog's CA otherwise), new TLS connections/s (handshake and one GET per
+// flowdog's CA otherwise; and HTTP/2 over TLS), new TLS connections/s (handshake and one GET per
 // connection), and flowdog's resident memory per idle intercepted HTTPS
 // connection with -conns open (a fresh flowdog each for FAST and
 // INTERCEPT).
@@ -30,7 +30,7 @@
 // BENCHMARKS.md explains how to read the output. It needs root or
 // CAP_NET_RAW (flowdog's raw reply sockets).
 //
-//	go run ./cmd/bench-intercept [-duration 5s] [-clients 8] [-conns 10000] [-runs 1] [-scenarios http,https,tls,memory,cff]
+//	go run ./cmd/bench-intercept [-duration 5s] [-clients 8] [-conns 10000] [-runs 1] [-scenarios http,https,https-h2,tls,memory,memory-h2,cff]
 package main
 
 import (
@@ -86,7 +86,7 @@ func main() {
 // of its own and answers a different question (a function or not, both
 // intercepted), so make bench-intercept does not pay for it.
 var (
-	allScenarios   = []string{"http", "https", "tls", "memory", "memory-h2"}
+	allScenarios   = []string{"http", "https", "https-h2", "tls", "memory", "memory-h2"}
 	knownScenarios = append(slices.Clone(allScenarios), "cff")
 )
 
@@ -103,7 +103,7 @@ func run(ctx context.Context) (err error) {
 	flag.IntVar(&o.runs, "runs", 1, "measurements per scenario and target (order alternates); medians are reported")
 	scen := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(knownScenarios, ", "))
 	flag.BoolVar(&o.pin, "pin", true, "pin this process (simulator, clients, servers) to the last CPU and flowdog to the others")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write flowdog CPU profiles of the first run's INTERCEPT phases (cff: the function's) to `prefix`-PHASE.pprof (http, https, tls, cff-http, cff-https)")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write flowdog CPU profiles of the first run's INTERCEPT phases (cff: the function's) to `prefix`-PHASE.pprof (http, https, https-h2, tls, cff-http, cff-https)")
 	flag.StringVar(&o.heapprofile, "heapprofile", "", "write flowdog's heap profile with the memory scenario's INTERCEPT connections open to `file` (memory-h2: file.h2)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (flowdog's config, log and state)")
 	flag.Parse()
@@ -168,7 +168,7 @@ func run(ctx context.Context) (err error) {
 		report(rows, fastCols)
 		report(cffRows, cffCols)
 	}()
-	if o.scenarios["http"] || o.scenarios["https"] || o.scenarios["tls"] {
+	if o.scenarios["http"] || o.scenarios["https"] || o.scenarios["https-h2"] || o.scenarios["tls"] {
 		r, err := throughput(ctx, &o, p, phases, false)
 		rows = append(rows, r...)
 		if err != nil {
@@ -213,19 +213,21 @@ type phase struct {
 	keepAlive  bool
 	unit       string
 	cff        bool // both targets intercepted, the second through the function
+	h2         bool // HTTP/2 (one connection per client, one request at a time)
 }
 
 var phases = []phase{
-	{"http", "http", "HTTP/1.1 keep-alive", false, true, "req/s", false},
-	{"https", "https", "HTTPS keep-alive", true, true, "req/s", false},
-	{"tls", "tls", "new TLS connections", true, false, "conn/s", false},
+	{"http", "http", "HTTP/1.1 keep-alive", false, true, "req/s", false, false},
+	{"https", "https", "HTTPS keep-alive", true, true, "req/s", false, false},
+	{"https-h2", "https-h2", "HTTP/2 (TLS) keep-alive", true, true, "req/s", false, true},
+	{"tls", "tls", "new TLS connections", true, false, "conn/s", false, false},
 }
 
 // cffPhases are the cff scenario's, run against a flowdog whose
 // configuration attaches the function (see cffInterceptor).
 var cffPhases = []phase{
-	{"cff", "cff-http", "CFF HTTP/1.1 keep-alive", false, true, "req/s", true},
-	{"cff", "cff-https", "CFF HTTPS keep-alive", true, true, "req/s", true},
+	{"cff", "cff-http", "CFF HTTP/1.1 keep-alive", false, true, "req/s", true, false},
+	{"cff", "cff-https", "CFF HTTPS keep-alive", true, true, "req/s", true, false},
 }
 
 func (ph phase) targets() [2]target {
@@ -276,7 +278,7 @@ func throughput(ctx context.Context, o *options, p *pki, phases []phase, withCFF
 					during = func(d time.Duration) { profErr = l.fd.profile(ctx, d, path) }
 				}
 				before, _ := l.fd.metrics(ctx)
-				x := load(ctx, l, o, t, ph.keepAlive, during)
+				x := load(ctx, l, o, t, ph.keepAlive, ph.h2, during)
 				if ctx.Err() != nil {
 					return rows, ctx.Err()
 				}
