@@ -140,14 +140,14 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	stop := context.AfterFunc(ctx, func() {
-		cl.resetStream(id, http2.ErrCodeCancel, context.Cause(ctx))
+		cl.cancelStream(st, http2.ErrCodeCancel, context.Cause(ctx))
 	})
 	timer := time.AfterFunc(cl.timeout, func() {
 		cl.mu.Lock()
 		waiting := st.resp == nil
 		cl.mu.Unlock()
 		if waiting {
-			cl.resetStream(id, http2.ErrCodeCancel, errHeaderTimeout)
+			cl.cancelStream(st, http2.ErrCodeCancel, errHeaderTimeout)
 		}
 	})
 	cl.mu.Lock()
@@ -196,7 +196,15 @@ func (cl *h2Client) writeBody(st *h2Stream, req *http.Request, gate *bodyGate) {
 	if gate != nil {
 		<-gate.done
 		if !gate.send {
-			cl.resetStream(st.id, http2.ErrCodeCancel, errBodyRefused)
+			// The server answered first: the body is not sent. The
+			// stream is reset only once the answer is in, or it would
+			// be lost with it (as x/net's Transport does).
+			cl.mu.Lock()
+			for !st.recvDone {
+				cl.cond.Wait()
+			}
+			cl.mu.Unlock()
+			cl.cancelStream(st, http2.ErrCodeCancel, errBodyRefused)
 			return
 		}
 	}
@@ -213,7 +221,7 @@ func (cl *h2Client) writeBody(st *h2Stream, req *http.Request, gate *bodyGate) {
 			break
 		}
 		if err != nil {
-			cl.resetStream(st.id, http2.ErrCodeCancel, fmt.Errorf("reading request body: %w", err))
+			cl.cancelStream(st, http2.ErrCodeCancel, fmt.Errorf("reading request body: %w", err))
 			return
 		}
 	}

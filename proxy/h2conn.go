@@ -35,6 +35,8 @@ const (
 	// h2MaxHeaderList bounds a header list (net/http's default plus
 	// x/net's slack).
 	h2MaxHeaderList = maxHeaderBytes + 4096
+	// h2DefaultMaxFrame is SETTINGS_MAX_FRAME_SIZE's initial value.
+	h2DefaultMaxFrame = 16384
 	// h2Preface is what a client sends first.
 	h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
@@ -157,6 +159,11 @@ var (
 		r := &readFramer{}
 		r.fr = http2.NewFramer(nil, &r.sr)
 		r.fr.MaxHeaderListSize = h2MaxHeaderList
+		// What flowdog lets a peer send: the initial SETTINGS_MAX_FRAME_SIZE,
+		// as it advertises none. A larger frame is a FRAME_SIZE_ERROR (RFC
+		// 9113, 4.2), refused at its header, and a pooled Framer's read
+		// buffer never grows past 16 KiB (x/net's default is 16 MiB).
+		r.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 		return r
 	}}
 )
@@ -599,12 +606,13 @@ func (c *h2Conn) data(f *http2.DataFrame) error {
 	if st == nil || st.recvDone || st.reset {
 		idle := st == nil && c.idle(f.StreamID)
 		closed := st != nil && st.recvDone && !st.reset
+		wasReset := c.wasReset(f.StreamID) // under mu, as resetStream writes it
 		c.mu.Unlock()
 		c.consumed(nil, int(n)) // nobody will read it
 		switch {
 		case idle:
 			return h2ConnError(http2.ErrCodeProtocol, "DATA on idle stream %d", f.StreamID)
-		case c.wasReset(f.StreamID):
+		case wasReset:
 			return nil // frames in flight after flowdog's RST_STREAM
 		case st == nil || closed:
 			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed}
@@ -670,6 +678,25 @@ func (c *h2Conn) consumed(st *h2Stream, n int) {
 		}
 		return nil
 	})
+}
+
+// cancelStream resets st, a stream flowdog opened or accepted, unless it
+// has ended already (the peer reset it, or both ends finished): a closed
+// stream gets no RST_STREAM (RFC 9113, 5.1 and 5.4.2), and is not taken
+// for one flowdog reset, whose late frames are dropped: the peer's frames
+// on it still get STREAM_CLOSED.
+func (c *h2Conn) cancelStream(st *h2Stream, code http2.ErrCode, why error) {
+	c.mu.Lock()
+	if st.ended || st.closed {
+		c.mu.Unlock()
+		return
+	}
+	st.endLocked(fmt.Errorf("stream reset: %w", why))
+	c.recentResets[c.nextReset%len(c.recentResets)] = st.id
+	c.nextReset++
+	c.mu.Unlock()
+	c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(st.id, code) })
+	c.consumed(nil, 0)
 }
 
 // resetStream sends RST_STREAM and ends the stream locally.
@@ -930,7 +957,7 @@ func (b *h2Body) Close() error {
 		c.consumed(nil, left)
 	}
 	if !done && (b.onClose == nil || b.onClose()) {
-		c.resetStream(b.st.id, http2.ErrCodeCancel, errors.New("body closed"))
+		c.cancelStream(b.st, http2.ErrCodeCancel, errors.New("body closed"))
 	}
 	return nil
 }

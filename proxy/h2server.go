@@ -143,8 +143,21 @@ func (s *h2Server) shutdown() {
 	s.mu.Unlock()
 	s.write(func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
 	if done {
-		s.fail(errUpstreamGone)
+		s.closeSoon(errUpstreamGone)
 	}
+}
+
+// h2GoAwayGrace is how long a connection that said GOAWAY, with no
+// stream left, goes on reading before it closes: frames the client sent
+// before it saw the GOAWAY (a PING, SETTINGS, WINDOW_UPDATE) are still
+// answered, and closing with them unread does not reset the GOAWAY away
+// (x/net's server waits a second too).
+const h2GoAwayGrace = time.Second
+
+// closeSoon ends the connection after h2GoAwayGrace, or sooner if the
+// client closes it (the reader then fails it).
+func (s *h2Server) closeSoon(why error) {
+	time.AfterFunc(h2GoAwayGrace, func() { s.fail(why) })
 }
 
 func (s *h2Server) idleStream(id uint32) bool { return id > s.lastGood }
@@ -165,7 +178,7 @@ func (s *h2Server) streamClosed(*h2Stream) {
 		return
 	}
 	if s.doneLocked() {
-		go s.fail(errors.New("http2: connection done after GOAWAY"))
+		s.closeSoon(errors.New("http2: connection done after GOAWAY"))
 		return
 	}
 	s.armUpWatchLocked()
@@ -178,6 +191,12 @@ func (s *h2Server) headers(f *http2.MetaHeadersFrame) error {
 	}
 	s.mu.Lock()
 	if st := s.streams[id]; st != nil {
+		if st.recvDone && st.sendDone && !st.reset {
+			// Both END_STREAMs are sent: the stream is closed, though
+			// not yet forgotten (its last frame is being written).
+			s.mu.Unlock()
+			return h2ConnError(http2.ErrCodeStreamClosed, "HEADERS on closed stream %d", id)
+		}
 		defer s.mu.Unlock()
 		return s.trailersLocked(st, f)
 	}
@@ -366,11 +385,11 @@ func (s *h2Server) runHandler(st *h2Stream, req *http.Request, h http.Handler, c
 				s.pc.p.m.panics.Inc()
 				s.log.Error("proxy panic serving an HTTP/2 stream", "panic", r)
 			}
-			s.resetStream(st.id, http2.ErrCodeInternal, fmt.Errorf("handler: %v", r))
+			s.cancelStream(st, http2.ErrCodeInternal, fmt.Errorf("handler: %v", r))
 			return
 		}
 		if err := w.finish(); err != nil {
-			s.resetStream(st.id, http2.ErrCodeInternal, err)
+			s.cancelStream(st, http2.ErrCodeInternal, err)
 			return
 		}
 		s.mu.Lock()
@@ -379,7 +398,7 @@ func (s *h2Server) runHandler(st *h2Stream, req *http.Request, h http.Handler, c
 		if open {
 			// Answered before the request body ended: the client may
 			// stop sending it (RFC 9113, 8.1).
-			s.resetStream(st.id, http2.ErrCodeNo, errors.New("response complete"))
+			s.cancelStream(st, http2.ErrCodeNo, errors.New("response complete"))
 		}
 	}()
 	h.ServeHTTP(w, req)
