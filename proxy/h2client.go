@@ -131,6 +131,13 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !hasBody {
 		st.sendDone = true
 	}
+	// The gate exists before HEADERS go out: a server may answer 100 at
+	// once, and the reader must find onContinue set.
+	var gate *bodyGate
+	if hasBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		gate = newBodyGate()
+		st.onContinue = func() { gate.decide(true) }
+	}
 	cl.mu.Unlock()
 	err = cl.writeLocked(func(fr *http2.Framer) error { return cl.writeHeadersLocked(fr, id, !hasBody, fields) })
 	cl.wmu.Unlock()
@@ -154,15 +161,10 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	st.cleanup = func() { stop() }
 	cl.mu.Unlock()
 
-	var gate *bodyGate
 	if hasBody {
-		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
-			gate = newBodyGate()
+		if gate != nil {
 			t := time.AfterFunc(expectContinueTimeout, func() { gate.decide(true) })
 			defer t.Stop()
-			cl.mu.Lock()
-			st.onContinue = func() { gate.decide(true) }
-			cl.mu.Unlock()
 		}
 		go cl.writeBody(st, req, gate)
 	}

@@ -95,6 +95,8 @@ type h2Conn struct {
 	br   *bufio.Reader
 	rfr  *readFramer
 
+	idleTimer *time.Timer // blocking mode's idle timeout; under mu
+
 	parkMu  sync.Mutex
 	parkGen uint64
 	woken   bool
@@ -390,6 +392,16 @@ func (c *h2Conn) park() bool {
 // stream just ended (c.mu held).
 func (c *h2Conn) armIdleLocked() {
 	if c.idleTimeout <= 0 {
+		return
+	}
+	if c.poll == nil {
+		// The reader never parks (blocking legs): a timer of its own,
+		// restarted each time the connection goes idle.
+		if c.idleTimer == nil {
+			c.idleTimer = time.AfterFunc(c.idleTimeout, c.idleExpired)
+		} else {
+			c.idleTimer.Reset(c.idleTimeout)
+		}
 		return
 	}
 	c.parkMu.Lock()
@@ -960,4 +972,15 @@ func (b *h2Body) Close() error {
 		c.cancelStream(b.st, http2.ErrCodeCancel, errors.New("body closed"))
 	}
 	return nil
+}
+
+// idleExpired closes a connection that stayed without a stream for the
+// idle timeout (blocking mode).
+func (c *h2Conn) idleExpired() {
+	c.mu.Lock()
+	busy := len(c.streams) > 0 || c.err != nil
+	c.mu.Unlock()
+	if !busy {
+		c.goAway(http2.ErrCodeNo, errors.New("http2: idle connection closed"))
+	}
 }

@@ -126,6 +126,11 @@ func (s *h2Server) serve() {
 	if err := s.handle(sf); err != nil && !s.readError(err) {
 		return
 	}
+	if s.poll == nil {
+		s.mu.Lock()
+		s.armIdleLocked() // idle until the first stream
+		s.mu.Unlock()
+	}
 	s.run()
 }
 
@@ -209,7 +214,7 @@ func (s *h2Server) headers(f *http2.MetaHeadersFrame) error {
 		s.mu.Unlock()
 		return nil // after GOAWAY new streams are ignored; the client retries them
 	}
-	if len(s.streams) >= h2MaxStreams {
+	if s.openLocked() >= h2MaxStreams {
 		s.mu.Unlock()
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
 	}
@@ -421,6 +426,7 @@ type h2Response struct {
 	written     int64
 	declared    []string // trailer names announced in the header
 	handlerDone bool
+	refused     bool
 }
 
 func (w *h2Response) Header() http.Header { return w.header }
@@ -536,6 +542,9 @@ func (w *h2Response) EnableFullDuplex() error { return nil }
 // finish ends the stream: the header if not sent, trailers if any, and
 // END_STREAM.
 func (w *h2Response) finish() error {
+	if w.refused {
+		return nil
+	}
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -623,4 +632,27 @@ func appendFields(f []hpack.HeaderField, h http.Header) []hpack.HeaderField {
 		}
 	}
 	return f
+}
+
+// openLocked counts the streams that count against MAX_CONCURRENT_STREAMS
+// (c.mu held). A stream whose END_STREAM is being written is closed for the
+// client as soon as the frame can reach it, before maybeCloseLocked forgets
+// it: counting it would refuse the stream the client opens in its place.
+func (s *h2Server) openLocked() int {
+	n := 0
+	for _, st := range s.streams {
+		if !st.sendDone || !st.recvDone {
+			n++
+		}
+	}
+	return n
+}
+
+// refuse resets the stream with REFUSED_STREAM: the request was not
+// processed and the client may retry it.
+func (w *h2Response) refuse() {
+	w.mu.Lock()
+	w.refused = true
+	w.mu.Unlock()
+	w.s.cancelStream(w.st, http2.ErrCodeRefusedStream, errUpstreamGone)
 }

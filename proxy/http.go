@@ -242,6 +242,14 @@ func (h *httpHandler) modifyResponse(resp *http.Response) error {
 
 // errorHandler answers 502 with a short plain-text reason.
 func (h *httpHandler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	if rw, ok := w.(*h2Response); ok && errors.Is(err, errUpstreamGone) {
+		// Never sent upstream (the connection was gone, or the server's
+		// GOAWAY excluded the stream): refused, and the client retries it
+		// on a new connection instead of getting a 502 (RFC 9113, 8.7).
+		h.c.p.m.badGateway.WithLabelValues("upstream_gone_refused").Inc()
+		rw.refuse()
+		return
+	}
 	reason := "upstream"
 	switch {
 	case isInterceptorError(err):

@@ -27,6 +27,7 @@ type h1Upstream struct {
 	dead    bool
 	timeout time.Duration
 	onDead  func()
+	reused  bool // a response went through whole: the server may close it while idle; under sem
 }
 
 func newH1Upstream(c net.Conn, headerTimeout time.Duration, onDead func()) *h1Upstream {
@@ -116,6 +117,16 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		u.br = readers.Get().(*bufio.Reader)
 		u.br.Reset(u.conn)
 	}
+	// A server that closed its idle connection answers nothing: the
+	// request was not processed (net/http's Transport retries such a
+	// request, errServerClosedIdle). A replayable one is then refused
+	// (errUpstreamGone), and the client retries it on a new connection.
+	if _, perr := u.br.Peek(1); perr != nil && !isTimeout(perr) && u.reused && replayable(req) {
+		dl.disarm(u.conn)
+		u.kill()
+		u.release()
+		return nil, fmt.Errorf("%w: the server closed its idle connection: %w", errUpstreamGone, perr)
+	}
 	var resp *http.Response
 	var err error
 	for {
@@ -185,7 +196,10 @@ func (u *h1Upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if !reusable {
 			u.kill()
-		} else if u.br.Buffered() == 0 {
+		} else {
+			u.reused = true
+		}
+		if reusable && u.br.Buffered() == 0 {
 			// An idle connection holds no read buffer.
 			u.br.Reset(nil)
 			readers.Put(u.br)
@@ -307,9 +321,13 @@ func (b *h1Body) Read(p []byte) (int, error) {
 }
 
 func (b *h1Body) Close() error {
-	err := b.rc.Close()
-	b.once.Do(func() { b.done(false) }) // unread body: the connection cannot be reused
-	return err
+	// An unread body: the connection cannot be reused. End it first:
+	// net/http's Close reads the rest of the response to EOF, which for a
+	// long (or endless) one would hold the handler, the connection and the
+	// semaphore until the server stops sending.
+	b.once.Do(func() { b.done(false) })
+	b.rc.Close() // fails at once on the closed connection
+	return nil
 }
 
 // upgradedBody is the connection after a 101, as httputil.ReverseProxy wants it.
@@ -330,3 +348,15 @@ type headerTimeoutError struct{}
 func (headerTimeoutError) Error() string   { return "timeout awaiting response headers" }
 func (headerTimeoutError) Timeout() bool   { return true }
 func (headerTimeoutError) Temporary() bool { return true }
+
+// replayable: a request the client may send again (RFC 9110, 9.2.2), as
+// net/http's Transport judges it.
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return r.Body == nil || r.Body == http.NoBody
+	}
+	_, a := r.Header["Idempotency-Key"]
+	_, b := r.Header["X-Idempotency-Key"]
+	return a || b
+}
