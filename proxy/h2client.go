@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -28,12 +29,14 @@ type h2Client struct {
 	nextID   uint32 // under wmu and mu
 	deadOnce sync.Once
 	onDead   func()
+	reserved int // stream slots taken by requests about to open a stream; under mu
 }
 
 // newH2Client starts HTTP/2 on upstream; onDead runs once when it takes
 // no more requests. poll, when set, lets the reader park.
-func newH2Client(upstream net.Conn, poll *pollConn, headerTimeout time.Duration, onDead func()) (*h2Client, error) {
+func newH2Client(upstream net.Conn, poll *pollConn, headerTimeout time.Duration, log *slog.Logger, onDead func()) (*h2Client, error) {
 	cl := &h2Client{timeout: headerTimeout, nextID: 1, onDead: onDead}
+	cl.log = log
 	cl.role = cl
 	cl.conn = upstream
 	cl.poll = poll
@@ -73,9 +76,6 @@ func (cl *h2Client) streamClosed(*h2Stream) {
 // server may not push: ENABLE_PUSH is 0).
 func (cl *h2Client) idleStream(id uint32) bool { return id%2 == 0 || id >= cl.nextID }
 
-// close ends the connection (the client leg is done with it).
-func (cl *h2Client) close() { cl.goAway(http2.ErrCodeNo, errUpstreamGone) }
-
 // RoundTrip sends req as a new stream and returns the response once its
 // header came; the response-header timeout cancels the stream.
 func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -98,7 +98,7 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		cl.mu.Unlock()
 	})
 	cl.mu.Lock()
-	for cl.err == nil && !cl.goAwayRecv && ctx.Err() == nil && uint32(len(cl.streams)) >= cl.peer.maxStreams {
+	for cl.err == nil && !cl.goAwayRecv && ctx.Err() == nil && uint32(len(cl.streams)+cl.reserved) >= cl.peer.maxStreams {
 		cl.cond.Wait()
 	}
 	err = cl.err
@@ -107,6 +107,9 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err == nil {
 		err = ctx.Err()
+	}
+	if err == nil {
+		cl.reserved++ // the slot is this request's until its stream exists
 	}
 	cl.mu.Unlock()
 	wake()
@@ -118,7 +121,9 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	// Stream ids go out in order: allocated and sent under wmu.
 	cl.wmu.Lock()
 	cl.mu.Lock()
+	cl.reserved--
 	if cl.err != nil {
+		cl.cond.Broadcast()
 		cl.mu.Unlock()
 		cl.wmu.Unlock()
 		closeBody()
@@ -186,6 +191,10 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		if errors.Is(rerr, errHeaderTimeout) {
 			return nil, errHeaderTimeout
 		}
+		if errors.Is(rerr, errRefused) {
+			// Not processed (RFC 9113, 8.7): the client may retry it.
+			return nil, fmt.Errorf("%w: %w", errUpstreamGone, rerr)
+		}
 		return nil, fmt.Errorf("upstream HTTP/2 stream: %w", rerr)
 	}
 	resp.Request = req
@@ -194,6 +203,12 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // writeBody streams the request body, then its trailers.
 func (cl *h2Client) writeBody(st *h2Stream, req *http.Request, gate *bodyGate) {
+	defer func() {
+		if r := recover(); r != nil {
+			cl.log.Error("proxy panic sending a request body upstream", "panic", r)
+			cl.cancelStream(st, http2.ErrCodeInternal, fmt.Errorf("request body: %v", r))
+		}
+	}()
 	defer req.Body.Close()
 	if gate != nil {
 		<-gate.done
@@ -270,6 +285,13 @@ func requestFields(req *http.Request, hasBody bool) ([]hpack.HeaderField, error)
 		switch lk {
 		case "host", "content-length", "trailer":
 			continue
+		case "user-agent":
+			// ReverseProxy sets an empty one to keep net/http's default
+			// out; like net/http, send none then, and only the first.
+			if len(vv) > 0 && vv[0] != "" {
+				f = append(f, hpack.HeaderField{Name: lk, Value: vv[0]})
+			}
+			continue
 		case "te":
 			// Only "trailers" may pass (RFC 9113, 8.2.2).
 			if !httpguts.HeaderValuesContainsToken(vv, "trailers") {
@@ -323,6 +345,9 @@ func (cl *h2Client) headers(f *http2.MetaHeadersFrame) error {
 			return h2ConnError(http2.ErrCodeProtocol, "HEADERS on idle stream %d", id)
 		}
 		return nil // a stream flowdog reset: its frames in flight are dropped
+	}
+	if f.Truncated {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: errors.New("response header list too large")}
 	}
 	if st.resp != nil {
 		if st.recvDone {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -37,6 +38,10 @@ const (
 	h2MaxHeaderList = maxHeaderBytes + 4096
 	// h2DefaultMaxFrame is SETTINGS_MAX_FRAME_SIZE's initial value.
 	h2DefaultMaxFrame = 16384
+	// h2WriteTimeout ends a connection whose peer stopped reading: a
+	// write blocked this long holds the frame writer, and with it every
+	// stream and the reader's acknowledgements.
+	h2WriteTimeout = time.Minute
 	// h2Preface is what a client sends first.
 	h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
@@ -70,6 +75,9 @@ type h2Conn struct {
 	wmu  sync.Mutex
 	henc *hpack.Encoder
 	hbuf bytes.Buffer
+	// A write that blocks past h2WriteTimeout closes the connection.
+	writeStart atomic.Int64 // unix nanoseconds; 0: not writing
+	wtimer     *time.Timer  // under wmu
 
 	mu      sync.Mutex
 	cond    sync.Cond // windows, stream state, a dead connection
@@ -96,6 +104,7 @@ type h2Conn struct {
 	rfr  *readFramer
 
 	idleTimer *time.Timer // blocking mode's idle timeout; under mu
+	idleSince time.Time   // when the last stream ended; under mu
 
 	parkMu  sync.Mutex
 	parkGen uint64
@@ -113,9 +122,10 @@ func (c *h2Conn) init() {
 	c.recvWin = h2Window
 	c.peer.maxFrame = 16384
 	c.peer.initWin = 65535
-	c.peer.maxStreams = 1000 // until the peer's SETTINGS say otherwise
+	c.peer.maxStreams = 100 // until the peer's SETTINGS say otherwise (x/net's guess)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.hdec = hpack.NewDecoder(4096, nil)
+	c.idleSince = time.Now()
 }
 
 // settings is what flowdog asks of its peer, then the connection window.
@@ -179,6 +189,16 @@ func (c *h2Conn) write(f func(*http2.Framer) error) error {
 }
 
 func (c *h2Conn) writeLocked(f func(*http2.Framer) error) error {
+	c.writeStart.Store(time.Now().UnixNano())
+	if c.wtimer == nil {
+		c.wtimer = time.AfterFunc(h2WriteTimeout, c.writeStuck)
+	} else {
+		c.wtimer.Reset(h2WriteTimeout)
+	}
+	defer func() {
+		c.writeStart.Store(0)
+		c.wtimer.Stop()
+	}()
 	bw := writers.Get().(*bufio.Writer)
 	bw.Reset(c.conn)
 	wf := writeFramers.Get().(*writeFramer)
@@ -196,6 +216,15 @@ func (c *h2Conn) writeLocked(f func(*http2.Framer) error) error {
 		c.fail(err)
 	}
 	return err
+}
+
+// writeStuck closes the connection if a write has been blocked for
+// h2WriteTimeout (a timer that fires late for an earlier write finds a
+// later one just begun, and leaves it).
+func (c *h2Conn) writeStuck() {
+	if t := c.writeStart.Load(); t != 0 && time.Since(time.Unix(0, t)) >= h2WriteTimeout {
+		c.conn.Close()
+	}
 }
 
 // writeHeaders encodes fields and writes them as HEADERS and CONTINUATION
@@ -242,10 +271,37 @@ func (c *h2Conn) fail(err error) {
 	for _, st := range c.streams {
 		st.endLocked(err)
 	}
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.conn.Close()
+	c.unpark()
 	c.endOnce.Do(func() { c.role.ended(err) })
+}
+
+// unpark cancels the wake-up of a parked reader: the connection is over
+// and nobody will read it again.
+func (c *h2Conn) unpark() {
+	c.parkMu.Lock()
+	if !c.parked || c.woken {
+		c.parkMu.Unlock()
+		return
+	}
+	c.woken, c.parked = true, false
+	stop, timer := c.stop, c.timer
+	c.stop, c.timer = nil, nil
+	c.parkMu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	if c.onPark != nil {
+		c.onPark(false)
+	}
 }
 
 // goAway tells the peer the connection is over (code != NO_ERROR: because
@@ -369,9 +425,14 @@ func (c *h2Conn) park() bool {
 		return false
 	}
 	c.releaseReader()
+	// Under mu, so that the last stream ending now finds the reader
+	// parked and arms the idle timer (armIdleLocked).
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return false // over: the reader returns and releases
+	}
 	idle := len(c.streams) == 0
-	c.mu.Unlock()
 	c.parkMu.Lock()
 	defer c.parkMu.Unlock()
 	c.woken = false
@@ -382,7 +443,10 @@ func (c *h2Conn) park() bool {
 		c.onPark(true)
 	}
 	if idle && c.idleTimeout > 0 {
-		c.timer = time.AfterFunc(c.idleTimeout, func() { c.wake(gen, true) })
+		// Idle since the last stream ended: PINGs and SETTINGS do not
+		// keep a connection open (as x/net's server).
+		d := max(c.idleTimeout-time.Since(c.idleSince), 0)
+		c.timer = time.AfterFunc(d, func() { c.wake(gen, true) })
 	}
 	c.stop = c.poll.p.OnReadable(func() { c.wake(gen, false) })
 	return true
@@ -406,6 +470,7 @@ func (c *h2Conn) armIdleLocked() {
 	}
 	c.parkMu.Lock()
 	defer c.parkMu.Unlock()
+	c.idleSince = time.Now()
 	if c.parked && !c.woken && c.timer == nil {
 		gen := c.parkGen
 		c.timer = time.AfterFunc(c.idleTimeout, func() { c.wake(gen, true) })
@@ -591,7 +656,11 @@ func (c *h2Conn) rstStream(f *http2.RSTStreamFrame) error {
 		}
 		return nil
 	}
-	st.endLocked(fmt.Errorf("stream reset by peer: %v", f.ErrCode))
+	why := fmt.Errorf("stream reset by peer: %v", f.ErrCode)
+	if f.ErrCode == http2.ErrCodeRefusedStream {
+		why = fmt.Errorf("%w: %v", errRefused, why)
+	}
+	st.endLocked(why)
 	c.mu.Unlock()
 	c.consumed(nil, 0) // what the stream left unread is the peer's again
 	return nil
@@ -632,6 +701,7 @@ func (c *h2Conn) data(f *http2.DataFrame) error {
 		return nil
 	}
 	if n > st.recvWin {
+		c.unacked += n // the reset that follows gives it back
 		c.mu.Unlock()
 		return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
 	}
@@ -640,6 +710,7 @@ func (c *h2Conn) data(f *http2.DataFrame) error {
 	st.got += int64(len(d))
 	pad := int(n) - len(d)
 	if st.wantLen >= 0 && (st.got > st.wantLen || f.StreamEnded() && st.got != st.wantLen) {
+		c.unacked += n
 		c.mu.Unlock()
 		return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
 	}
@@ -704,8 +775,7 @@ func (c *h2Conn) cancelStream(st *h2Stream, code http2.ErrCode, why error) {
 		return
 	}
 	st.endLocked(fmt.Errorf("stream reset: %w", why))
-	c.recentResets[c.nextReset%len(c.recentResets)] = st.id
-	c.nextReset++
+	c.noteResetLocked(st.id)
 	c.mu.Unlock()
 	c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(st.id, code) })
 	c.consumed(nil, 0)
@@ -722,11 +792,16 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, why error) {
 		}
 		st.endLocked(fmt.Errorf("stream reset: %w", why))
 	}
-	c.recentResets[c.nextReset%len(c.recentResets)] = id
-	c.nextReset++
+	c.noteResetLocked(id)
 	c.mu.Unlock()
 	c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
 	c.consumed(nil, 0)
+}
+
+// noteResetLocked remembers that flowdog reset (or ignored) stream id.
+func (c *h2Conn) noteResetLocked(id uint32) {
+	c.recentResets[c.nextReset%len(c.recentResets)] = id
+	c.nextReset++
 }
 
 // wasReset reports, under mu, whether flowdog reset stream id lately.
@@ -796,6 +871,10 @@ func (st *h2Stream) recvEnd(err error) {
 func (st *h2Stream) endLocked(err error) {
 	if st.ended {
 		return
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		// A stream cut short never looks complete to its reader.
+		err = fmt.Errorf("http2: connection closed mid-stream: %w", io.ErrUnexpectedEOF)
 	}
 	st.ended = true
 	st.reset = true
@@ -871,8 +950,13 @@ func (st *h2Stream) writeData(p []byte, end bool) error {
 				c.mu.Unlock()
 				return errStreamClosed
 			}
+			if len(p) == 0 {
+				break // END_STREAM alone needs no window
+			}
+			// A window may be negative: SETTINGS lowered it after data
+			// went out (RFC 9113, 6.9.2).
 			n = min(int32(len(p)), st.sendWin, c.sendWin, int32(c.peer.maxFrame))
-			if n > 0 || len(p) == 0 {
+			if n > 0 {
 				break
 			}
 			c.cond.Wait()
@@ -925,12 +1009,14 @@ func (st *h2Stream) writeHeaders(fields []hpack.HeaderField, end bool) error {
 
 var errStreamClosed = errors.New("http2: stream closed")
 
+// errRefused: the peer refused the stream before processing it.
+var errRefused = errors.New("http2: stream refused")
+
 // h2Body is a stream's received data as a request or response body.
 type h2Body struct {
 	st      *h2Stream
 	trailer *http.Header // filled at EOF
 	onRead  func()       // before the first read (server: 100 Continue)
-	onClose func() bool  // the body is closed before its end; true: reset
 }
 
 func (b *h2Body) Read(p []byte) (int, error) {
@@ -968,7 +1054,7 @@ func (b *h2Body) Close() error {
 	if left > 0 {
 		c.consumed(nil, left)
 	}
-	if !done && (b.onClose == nil || b.onClose()) {
+	if !done {
 		c.cancelStream(b.st, http2.ErrCodeCancel, errors.New("body closed"))
 	}
 	return nil

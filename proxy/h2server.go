@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -33,6 +34,10 @@ type h2Server struct {
 	up     *h1Upstream
 	upPoll *pollConn
 	upStop func() bool // under mu
+
+	handlers int      // running, under mu
+	queued   []func() // handlers waiting for one of those to end
+	setupErr error
 }
 
 // watchUpstream makes the client's connection end (GOAWAY) when the
@@ -94,6 +99,9 @@ func newH2Server(pc *conn, client net.Conn, h http.Handler) *h2Server {
 	}
 	s.addr = net.TCPAddrFromAddrPort(pc.info.Server)
 	s.init()
+	// SETTINGS first, before anything (a GOAWAY from shutdown) can be
+	// written: the server's preface (RFC 9113, 3.4).
+	s.setupErr = s.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams})
 	return s
 }
 
@@ -102,7 +110,7 @@ var errBadPreface = errors.New("http2: bad client preface")
 // serve reads the client's preface and serves frames until the connection
 // ends or parks (then it lives on detached).
 func (s *h2Server) serve() {
-	if err := s.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams}); err != nil {
+	if s.setupErr != nil {
 		return
 	}
 	s.conn.SetReadDeadline(time.Now().Add(s.pc.p.o.HeaderTimeout))
@@ -206,11 +214,16 @@ func (s *h2Server) headers(f *http2.MetaHeadersFrame) error {
 		return s.trailersLocked(st, f)
 	}
 	if id <= s.lastGood {
+		reset := s.wasReset(id)
 		s.mu.Unlock()
+		if reset {
+			return nil // trailers in flight after flowdog's RST_STREAM (RFC 9113, 5.1)
+		}
 		return h2ConnError(http2.ErrCodeStreamClosed, "HEADERS on closed stream %d", id)
 	}
 	s.lastGood = id
 	if s.goAwaySent {
+		s.noteResetLocked(id) // its DATA in flight is dropped too
 		s.mu.Unlock()
 		return nil // after GOAWAY new streams are ignored; the client retries them
 	}
@@ -230,8 +243,48 @@ func (s *h2Server) headers(f *http2.MetaHeadersFrame) error {
 			http.Error(w, "431 Request Header Fields Too Large", http.StatusRequestHeaderFieldsTooLarge)
 		})
 	}
-	go s.runHandler(st, req, h, cancel)
+	return s.startHandler(func() { s.runHandler(st, req, h, cancel) })
+}
+
+// startHandler runs a stream's handler, or queues it while h2MaxStreams
+// run: a stream the client resets at once leaves the map, but its handler
+// runs on, so streams alone do not bound handlers (CVE-2023-44487, "rapid
+// reset"). A client that queues more than a few rounds is told to calm
+// down, as x/net's server does.
+func (s *h2Server) startHandler(run func()) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handlers >= h2MaxStreams {
+		if len(s.queued) >= 4*h2MaxStreams {
+			return h2ConnError(http2.ErrCodeEnhanceYourCalm, "%d handlers queued", len(s.queued))
+		}
+		s.queued = append(s.queued, run)
+		return nil
+	}
+	s.handlers++
+	go run()
 	return nil
+}
+
+// handlerDone starts the next queued handler, if any, in the place of
+// the one that ended.
+func (s *h2Server) handlerDone() {
+	s.mu.Lock()
+	var next func()
+	if len(s.queued) > 0 {
+		next = s.queued[0]
+		s.queued[0] = nil
+		s.queued = s.queued[1:]
+		if len(s.queued) == 0 {
+			s.queued = nil
+		}
+	} else {
+		s.handlers--
+	}
+	s.mu.Unlock()
+	if next != nil {
+		go next()
+	}
 }
 
 // trailersLocked takes a second header block: the request's trailers.
@@ -383,30 +436,66 @@ func (s *h2Server) runHandler(st *h2Stream, req *http.Request, h http.Handler, c
 	if b, ok := req.Body.(*h2Body); ok && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		b.onRead = w.sendContinue
 	}
-	defer cancel()
+	defer func() {
+		// Whatever happened below, the goroutine ends here: a panic in
+		// finishing the stream resets it and nothing else.
+		if r := recover(); r != nil {
+			s.pc.p.m.panics.Inc()
+			s.log.Error("proxy panic ending an HTTP/2 stream", "panic", r)
+			s.cancelStream(st, http2.ErrCodeInternal, fmt.Errorf("ending stream: %v", r))
+		}
+		cancel()
+		s.abandonBody(st)
+		s.handlerDone()
+	}()
+	if !s.serveStream(w, req, h) {
+		return
+	}
+	if err := w.finish(); err != nil {
+		s.cancelStream(st, http2.ErrCodeInternal, err)
+		return
+	}
+	s.mu.Lock()
+	open := !st.recvDone
+	s.mu.Unlock()
+	if open {
+		// Answered before the request body ended: the client may stop
+		// sending it (RFC 9113, 8.1).
+		s.cancelStream(st, http2.ErrCodeNo, errors.New("response complete"))
+	}
+}
+
+// serveStream runs the handler; false: it panicked (the stream is reset).
+func (s *h2Server) serveStream(w *h2Response, req *http.Request, h http.Handler) (ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			if r != http.ErrAbortHandler {
 				s.pc.p.m.panics.Inc()
 				s.log.Error("proxy panic serving an HTTP/2 stream", "panic", r)
 			}
-			s.cancelStream(st, http2.ErrCodeInternal, fmt.Errorf("handler: %v", r))
-			return
-		}
-		if err := w.finish(); err != nil {
-			s.cancelStream(st, http2.ErrCodeInternal, err)
-			return
-		}
-		s.mu.Lock()
-		open := !st.recvDone
-		s.mu.Unlock()
-		if open {
-			// Answered before the request body ended: the client may
-			// stop sending it (RFC 9113, 8.1).
-			s.cancelStream(st, http2.ErrCodeNo, errors.New("response complete"))
+			s.cancelStream(w.st, http2.ErrCodeInternal, fmt.Errorf("handler: %v", r))
+			ok = false
 		}
 	}()
 	h.ServeHTTP(w, req)
+	return true
+}
+
+// abandonBody drops what the handler left unread of the request body and
+// gives its window back: unread, it would shrink the connection's window
+// for good (a hook that answered a POST itself, an upstream that answered
+// early).
+func (s *h2Server) abandonBody(st *h2Stream) {
+	s.mu.Lock()
+	left := st.buf.Len()
+	st.buf = bytes.Buffer{}
+	if left > 0 && st.recvDone {
+		st.recvErr = errors.New("http2: request body read after its handler returned")
+	}
+	s.mu.Unlock()
+	if left > 0 {
+		s.consumed(nil, left)
+	}
 }
 
 // h2Response is a stream's http.ResponseWriter.

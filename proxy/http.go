@@ -59,7 +59,7 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		if c.info.Detach != nil {
 			poll = c.pollUp
 		}
-		up, err := newH2Client(upstream, poll, o.ResponseHeaderTimeout, gone)
+		up, err := newH2Client(upstream, poll, o.ResponseHeaderTimeout, c.log, gone)
 		if err != nil {
 			c.log.Warn("upstream HTTP/2 setup failed", "err", err)
 			return

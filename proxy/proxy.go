@@ -151,7 +151,7 @@ func (p *Proxy) Serve(ctx context.Context, info ConnInfo, client, upstream net.C
 			c.finish()
 			return
 		}
-		if !c.detached {
+		if !c.isDetached() {
 			c.finish()
 		}
 	}()
@@ -179,17 +179,23 @@ type conn struct {
 	rawClient, rawUp   net.Conn  // as Serve got them
 	pollClient, pollUp *pollConn // nil unless the legs can park
 	stopAfter          func() bool
-	detached           bool // set by the goroutine serving, before it parks
-	release            func()
-	finished           sync.Once
+	// detached is set by the goroutine serving, before it parks; on
+	// HTTP/2 a handler may finish the connection meanwhile (lifeMu).
+	lifeMu    sync.Mutex
+	detached  bool
+	finishing bool
+	release   func()
+	finished  sync.Once
 }
 
 // detach lets the connection outlive Serve's goroutine.
 func (c *conn) detach() bool {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
 	if c.detached {
 		return true
 	}
-	if c.info.Detach == nil {
+	if c.info.Detach == nil || c.finishing {
 		return false
 	}
 	c.release = c.info.Detach()
@@ -197,15 +203,25 @@ func (c *conn) detach() bool {
 	return true
 }
 
+func (c *conn) isDetached() bool {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
+	return c.detached
+}
+
 // finish closes both legs and lets the connection go; only once.
 func (c *conn) finish() {
 	c.finished.Do(func() {
+		c.lifeMu.Lock()
+		c.finishing = true
+		release := c.release
+		c.lifeMu.Unlock()
 		c.stopAfter()
 		c.rawClient.Close()
 		c.rawUp.Close()
 		c.cancel()
-		if c.release != nil {
-			c.release()
+		if release != nil {
+			release()
 		}
 	})
 }
