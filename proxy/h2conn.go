@@ -1007,6 +1007,37 @@ func (st *h2Stream) writeHeaders(fields []hpack.HeaderField, end bool) error {
 	return err
 }
 
+// writeHeadersAndData sends a header block and then p, the first DATA
+// frame in the same write when the windows allow.
+func (st *h2Stream) writeHeadersAndData(fields []hpack.HeaderField, p []byte) error {
+	c := st.c
+	c.wmu.Lock()
+	c.mu.Lock()
+	if c.err != nil || st.reset || st.sendDone {
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		return errStreamClosed
+	}
+	n := max(min(int32(len(p)), st.sendWin, c.sendWin, int32(c.peer.maxFrame)), 0)
+	st.sendWin -= n
+	c.sendWin -= n
+	c.mu.Unlock()
+	err := c.writeLocked(func(fr *http2.Framer) error {
+		if err := c.writeHeadersLocked(fr, st.id, false, fields); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fr.WriteData(st.id, false, p[:n])
+		}
+		return nil
+	})
+	c.wmu.Unlock()
+	if err != nil || int(n) == len(p) {
+		return err
+	}
+	return st.writeData(p[n:], false)
+}
+
 var errStreamClosed = errors.New("http2: stream closed")
 
 // errRefused: the peer refused the stream before processing it.
