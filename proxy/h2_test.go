@@ -14,9 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
-	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1023,33 +1021,4 @@ func TestH2IdleConnectionsParkWithoutGoroutines(t *testing.T) {
 
 // stacksIn is the stacks of the goroutines with a frame in one of
 // prefixes, for a failure's message.
-func stacksIn(prefixes []string) string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		for _, line := range strings.Split(g, "\n") {
-			if slicesAnyPrefix(line, prefixes) {
-				out = append(out, g)
-				break
-			}
-		}
-	}
-	return strings.Join(out, "\n\n")
-}
-
-func slicesAnyPrefix(s string, prefixes []string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(s, p) {
-			return true
-		}
-	}
-	return false
-}
+func stacksIn(prefixes []string) string { return testutil.StacksIn(prefixes...) }

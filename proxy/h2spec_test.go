@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowdog/flowdog/internal/gobin"
 )
 
 // h2specModule is the h2spec the conformance test runs in CI (.ci/run
@@ -65,39 +67,8 @@ func h2specHandler(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "h2spec ok\n")
 }
 
-// h2specBinary finds h2spec as internal/localkms finds local-kms: on PATH,
-// else in $GOBIN, $(go env GOBIN), $(go env GOPATH)/bin or ~/go/bin.
-func h2specBinary() (string, error) {
-	const name = "h2spec"
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	var dirs []string
-	if gobin := os.Getenv("GOBIN"); gobin != "" {
-		dirs = append(dirs, gobin)
-	}
-	if out, err := exec.Command("go", "env", "GOBIN", "GOPATH").Output(); err == nil {
-		lines := strings.Split(string(out), "\n") // GOBIN's line may be empty
-		if len(lines) >= 2 {
-			if gobin := strings.TrimSpace(lines[0]); gobin != "" {
-				dirs = append(dirs, gobin)
-			}
-			for _, gp := range filepath.SplitList(strings.TrimSpace(lines[1])) {
-				dirs = append(dirs, filepath.Join(gp, "bin"))
-			}
-		}
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		dirs = append(dirs, filepath.Join(home, "go", "bin"))
-	}
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH nor in %s", name, strings.Join(dirs, ", "))
-}
+// h2specBinary finds h2spec where CI's `go install` put it.
+func h2specBinary() (string, error) { return gobin.Find("h2spec") }
 
 // runH2Spec runs every h2spec case (not the strict ones) against addr and
 // fails t with each failed case.

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowdog/flowdog/internal/gobin"
+
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -69,34 +71,11 @@ var startedRE = regexp.MustCompile(`Local KMS started on [^ ]*:(\d+)`)
 // Binary returns the path of the local-kms binary: local-kms on PATH, else
 // in $GOBIN or $(go env GOPATH)/bin.
 func Binary() (string, error) {
-	if p, err := exec.LookPath(binaryName); err == nil {
-		return p, nil
+	p, err := gobin.Find(binaryName)
+	if err != nil {
+		return "", fmt.Errorf("localkms: %w", err)
 	}
-	var dirs []string
-	if gobin := os.Getenv("GOBIN"); gobin != "" {
-		dirs = append(dirs, gobin)
-	}
-	if out, err := exec.Command("go", "env", "GOBIN", "GOPATH").Output(); err == nil {
-		lines := strings.Split(string(out), "\n") // GOBIN's line may be empty
-		if len(lines) >= 2 {
-			if gobin := strings.TrimSpace(lines[0]); gobin != "" {
-				dirs = append(dirs, gobin)
-			}
-			for _, gp := range filepath.SplitList(strings.TrimSpace(lines[1])) {
-				dirs = append(dirs, filepath.Join(gp, "bin"))
-			}
-		}
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		dirs = append(dirs, filepath.Join(home, "go", "bin"))
-	}
-	for _, d := range dirs {
-		p := filepath.Join(d, binaryName)
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("localkms: %s not found on PATH nor in %s", binaryName, strings.Join(dirs, ", "))
+	return p, nil
 }
 
 // inCI reports whether the CI environment variable is set (to anything but

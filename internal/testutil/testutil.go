@@ -128,17 +128,8 @@ func Echo(ln net.Listener) {
 // GoroutinesIn counts the goroutines whose stack has a frame of a function
 // whose name starts with one of prefixes ("github.com/x/y.(*T).serve").
 func GoroutinesIn(prefixes ...string) int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 	count := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	for _, g := range allStacks() {
 		for _, line := range strings.Split(g, "\n") {
 			if hasAnyPrefix(line, prefixes) {
 				count++
@@ -147,6 +138,33 @@ func GoroutinesIn(prefixes ...string) int {
 		}
 	}
 	return count
+}
+
+// StacksIn returns the stacks of the goroutines GoroutinesIn counts, for
+// a failure's message.
+func StacksIn(prefixes ...string) string {
+	var out []string
+	for _, g := range allStacks() {
+		for _, line := range strings.Split(g, "\n") {
+			if hasAnyPrefix(line, prefixes) {
+				out = append(out, g)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+// allStacks is every goroutine's stack, one per element.
+func allStacks() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Split(string(buf[:n]), "\n\n")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }
 
 func hasAnyPrefix(s string, prefixes []string) bool {
