@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -34,9 +33,10 @@ type h2Client struct {
 
 // newH2Client starts HTTP/2 on upstream; onDead runs once when it takes
 // no more requests. poll, when set, lets the reader park.
-func newH2Client(upstream net.Conn, poll *pollConn, headerTimeout time.Duration, log *slog.Logger, onDead func()) (*h2Client, error) {
-	cl := &h2Client{timeout: headerTimeout, nextID: 1, onDead: onDead}
-	cl.log = log
+func newH2Client(pc *conn, upstream net.Conn, poll *pollConn, onDead func()) (*h2Client, error) {
+	cl := &h2Client{timeout: pc.p.o.ResponseHeaderTimeout, nextID: 1, onDead: onDead}
+	cl.log = pc.log
+	cl.onPanic = pc.http2Panic
 	cl.role = cl
 	cl.conn = upstream
 	cl.poll = poll
@@ -175,7 +175,7 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	cl.mu.Lock()
-	for st.resp == nil && !st.ended {
+	for st.resp == nil && !st.ended && !st.closed {
 		cl.cond.Wait()
 	}
 	resp, rerr := st.resp, st.recvErr
@@ -205,7 +205,7 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 func (cl *h2Client) writeBody(st *h2Stream, req *http.Request, gate *bodyGate) {
 	defer func() {
 		if r := recover(); r != nil {
-			cl.log.Error("proxy panic sending a request body upstream", "panic", r)
+			cl.onPanic(r)
 			cl.cancelStream(st, http2.ErrCodeInternal, fmt.Errorf("request body: %v", r))
 		}
 	}()

@@ -67,6 +67,8 @@ type h2Conn struct {
 	detach func() bool // may the reader give up its goroutine
 	log    *slog.Logger
 	onPark func(parked bool)
+	// onPanic counts and logs a panic the reader recovered from.
+	onPanic func(r any)
 	// idleTimeout > 0 closes a connection parked with no stream open.
 	idleTimeout time.Duration
 
@@ -325,9 +327,19 @@ func (c *h2Conn) run() (parked bool) {
 			return true
 		}
 		rf := c.reader()
-		f, err := rf.fr.ReadFrame()
+		fh, err := rf.fr.ReadFrameHeader()
+		var f http2.Frame
+		if err == nil {
+			f, err = rf.fr.ReadFrameForHeader(fh)
+		}
 		if err != nil {
 			var se http2.StreamError
+			if errors.As(err, &se) && se.Cause == nil && (fh.Type == http2.FrameHeaders || fh.Type == http2.FrameContinuation) {
+				// A header block refused before it was decoded (bad
+				// padding, say): the HPACK state is lost, and the Framer
+				// may wait for a CONTINUATION. Nothing can follow.
+				err = h2ConnError(http2.ErrCodeProtocol, "malformed header block on stream %d", se.StreamID)
+			}
 			if !errors.As(err, &se) {
 				c.rfr = nil // its state is unknown: not for the pool
 			}
@@ -516,6 +528,9 @@ func (c *h2Conn) wake(gen uint64, idle bool) {
 func (c *h2Conn) wakeRead() {
 	defer func() {
 		if r := recover(); r != nil {
+			if c.onPanic != nil {
+				c.onPanic(r)
+			}
 			c.fail(fmt.Errorf("http2: panic reading frames: %v", r))
 		}
 	}()
@@ -699,6 +714,11 @@ func (c *h2Conn) data(f *http2.DataFrame) error {
 			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed}
 		}
 		return nil
+	}
+	if !c.server && st.resp == nil {
+		c.unacked += n
+		c.mu.Unlock()
+		return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol, Cause: errors.New("DATA before the response's HEADERS")}
 	}
 	if n > st.recvWin {
 		c.unacked += n // the reset that follows gives it back

@@ -98,6 +98,7 @@ func newH2Server(pc *conn, client net.Conn, h http.Handler) *h2Server {
 		s.tls = &cs
 	}
 	s.addr = net.TCPAddrFromAddrPort(pc.info.Server)
+	s.onPanic = pc.http2Panic
 	s.init()
 	// SETTINGS first, before anything (a GOAWAY from shutdown) can be
 	// written: the server's preface (RFC 9113, 3.4).
@@ -271,6 +272,9 @@ func (s *h2Server) startHandler(run func()) error {
 func (s *h2Server) handlerDone() {
 	s.mu.Lock()
 	var next func()
+	if s.err != nil {
+		s.queued = nil // the connection is gone: nobody waits for their answers
+	}
 	if len(s.queued) > 0 {
 		next = s.queued[0]
 		s.queued[0] = nil

@@ -59,7 +59,7 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 		if c.info.Detach != nil {
 			poll = c.pollUp
 		}
-		up, err := newH2Client(upstream, poll, o.ResponseHeaderTimeout, c.log, gone)
+		up, err := newH2Client(c, upstream, poll, gone)
 		if err != nil {
 			c.log.Warn("upstream HTTP/2 setup failed", "err", err)
 			return
@@ -100,6 +100,13 @@ func (c *conn) serveHTTP(client, upstream net.Conn, h2 bool, upProto string) {
 }
 
 var discardLog = log.New(io.Discard, "", 0)
+
+// http2Panic counts and logs a panic recovered in an HTTP/2 leg's own
+// goroutines (frame readers, request-body writers).
+func (c *conn) http2Panic(r any) {
+	c.p.m.panics.Inc()
+	c.log.Error("proxy panic in an HTTP/2 connection", "panic", r)
+}
 
 // alsoClose is a replaced response body that closes the original with it.
 type alsoClose struct {
