@@ -1022,3 +1022,30 @@ func TestH2IdleConnectionsParkWithoutGoroutines(t *testing.T) {
 // stacksIn is the stacks of the goroutines with a frame in one of
 // prefixes, for a failure's message.
 func stacksIn(prefixes []string) string { return testutil.StacksIn(prefixes...) }
+
+// A response flowdog makes itself (here a 502) carries a Date, as net/http's
+// would; a proxied one keeps the server's.
+func TestH2DateHeader(t *testing.T) {
+	const fixed = "Mon, 02 Jan 2006 15:04:05 GMT"
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/abort" {
+			panic(http.ErrAbortHandler) // no response: flowdog answers 502
+		}
+		w.Header().Set("Date", fixed)
+		io.WriteString(w, "ok")
+	})
+	h2Cases(t, func(t *testing.T, blocking, upH2 bool) {
+		r, _ := h2Setup(t, h, upH2, blocking, Options{})
+		cl, _ := h2HTTPClient(t, r)
+		if resp, _ := h2Get(t, cl, "/fixed"); resp.Header.Get("Date") != fixed {
+			t.Errorf("proxied response: Date %q, want the server's %q", resp.Header.Get("Date"), fixed)
+		}
+		resp, _ := h2Get(t, cl, "/abort")
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("aborted upstream: %d, want 502", resp.StatusCode)
+		}
+		if d, err := http.ParseTime(resp.Header.Get("Date")); err != nil || time.Since(d) > time.Minute {
+			t.Errorf("flowdog's 502: Date %q (%v), want the current time", resp.Header.Get("Date"), err)
+		}
+	})
+}

@@ -585,6 +585,11 @@ func (w *h2Response) headerFieldsLocked() []hpack.HeaderField {
 			}
 		}
 	}
+	if _, ok := w.header["Date"]; !ok {
+		// As net/http and x/net do: a response flowdog makes itself (a
+		// 502, a hook's answer) has one too; a proxied one keeps its own.
+		w.header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
 	return responseFields(w.status, w.header, nil)
 }
 
