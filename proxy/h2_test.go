@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -1048,4 +1049,33 @@ func TestH2DateHeader(t *testing.T) {
 			t.Errorf("flowdog's 502: Date %q (%v), want the current time", resp.Header.Get("Date"), err)
 		}
 	})
+}
+
+// A 103 Early Hints from the server reaches the client before the final
+// response, through either client leg's protocol (x/net's Transport passed
+// it to ReverseProxy, and flowdog's HTTP/2 client does too).
+func TestH2EarlyHints(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload; as=style")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		io.WriteString(w, "final")
+	})
+	for _, blocking := range []bool{false, true} {
+		r, _ := h2Setup(t, h, true, blocking, Options{})
+		cl, _ := h2HTTPClient(t, r)
+		var hints []string
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hints = append(hints, fmt.Sprintf("%d %s", code, h.Get("Link")))
+			return nil
+		}}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, "https://example.com/", nil)
+		resp, body := h2Do(t, cl, req)
+		if resp.StatusCode != http.StatusOK || body != "final" {
+			t.Errorf("blocking=%v: %d %q, want 200 final", blocking, resp.StatusCode, body)
+		}
+		if want := "103 </style.css>; rel=preload; as=style"; len(hints) != 1 || hints[0] != want {
+			t.Errorf("blocking=%v: informational responses %q, want [%q]", blocking, hints, want)
+		}
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,9 +176,24 @@ func (cl *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		go cl.writeBody(st, req, gate)
 	}
 
+	trace := httptrace.ContextClientTrace(ctx)
 	cl.mu.Lock()
-	for st.resp == nil && !st.ended && !st.closed {
-		cl.cond.Wait()
+	for {
+		for st.resp == nil && !st.ended && !st.closed && len(st.info) == 0 {
+			cl.cond.Wait()
+		}
+		if len(st.info) == 0 {
+			break
+		}
+		infos := st.info
+		st.info = nil
+		cl.mu.Unlock()
+		for _, in := range infos {
+			if trace != nil && trace.Got1xxResponse != nil {
+				trace.Got1xxResponse(in.code, textproto.MIMEHeader(in.h))
+			}
+		}
+		cl.mu.Lock()
 	}
 	resp, rerr := st.resp, st.recvErr
 	cl.mu.Unlock()
@@ -247,6 +264,16 @@ func (cl *h2Client) writeBody(st *h2Stream, req *http.Request, gate *bodyGate) {
 		return
 	}
 	st.writeData(nil, true)
+}
+
+// max1xx bounds the informational responses to one request (net/http's
+// Transport's figure).
+const max1xx = 5
+
+// info1xx is an informational response waiting for RoundTrip to pass on.
+type info1xx struct {
+	code int
+	h    http.Header
 }
 
 // requestFields encodes req's header block, as x/net's Transport does.
@@ -374,10 +401,25 @@ func (cl *h2Client) headers(f *http2.MetaHeadersFrame) error {
 		if f.StreamEnded() {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 		}
-		if code == http.StatusContinue && st.onContinue != nil {
-			st.onContinue()
+		if code == http.StatusContinue {
+			if st.onContinue != nil {
+				st.onContinue()
+			}
+			return nil
 		}
-		return nil // other informational responses are not forwarded
+		// Others (103 Early Hints) go to RoundTrip's caller through
+		// httptrace, as x/net's Transport does; net/http's limit.
+		if st.infos++; st.infos > max1xx {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: errors.New("too many 1xx responses")}
+		}
+		h := make(http.Header, len(f.Fields))
+		for _, hf := range f.RegularFields() {
+			k := http.CanonicalHeaderKey(hf.Name)
+			h[k] = append(h[k], hf.Value)
+		}
+		st.info = append(st.info, info1xx{code, h})
+		cl.cond.Broadcast()
+		return nil
 	}
 	header := make(http.Header, len(f.Fields))
 	for _, hf := range f.RegularFields() {

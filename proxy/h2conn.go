@@ -860,6 +860,8 @@ type h2Stream struct {
 	// The client end's: the response, and what a 100 Continue opens.
 	resp       *http.Response
 	onContinue func()
+	info       []info1xx // 1xx responses for RoundTrip to pass on
+	infos      int
 	cleanup    func() // under mu, when the stream is forgotten
 
 	isHead bool // the client end's: a HEAD request (no body comes)

@@ -395,7 +395,7 @@ func (s *h2Server) newRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*http.Re
 	var trailer http.Header
 	for _, v := range header["Trailer"] {
 		for _, k := range strings.Split(v, ",") {
-			k = http.CanonicalHeaderKey(textproto(k))
+			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
 			if k == "" || !httpguts.ValidTrailerHeader(k) {
 				continue
 			}
@@ -431,8 +431,6 @@ func (s *h2Server) newRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*http.Re
 	req.Body = b
 	return req, cancel, nil
 }
-
-func textproto(s string) string { return strings.TrimSpace(s) }
 
 // runHandler serves one stream's request and ends the stream.
 func (s *h2Server) runHandler(st *h2Stream, req *http.Request, h http.Handler, cancel context.CancelFunc) {
