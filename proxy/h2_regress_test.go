@@ -446,16 +446,7 @@ func TestH2RapidResetBoundsHandlers(t *testing.T) {
 			w := dialH2Wire(t, r)
 			// Take the proxy's SETTINGS; then one goroutine reads (and
 			// writes nothing) while this one opens and resets streams.
-			for {
-				f, err := w.fr.ReadFrame()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-					w.fr.WriteSettingsAck()
-					break
-				}
-			}
+			w.awaitSettings()
 			w.c.SetReadDeadline(time.Now().Add(3 * time.Second))
 			var over atomic.Bool
 			ended := make(chan error, 1)
@@ -617,16 +608,7 @@ func TestH2PingsDoNotDefeatIdleTimeout(t *testing.T) {
 			w := dialH2Wire(t, r)
 			// Take the proxy's SETTINGS first; then one goroutine reads
 			// (and writes nothing) while this one sends PINGs.
-			for {
-				f, err := w.fr.ReadFrame()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-					w.fr.WriteSettingsAck()
-					break
-				}
-			}
+			w.awaitSettings()
 			closed := make(chan error, 1)
 			go func() {
 				for {
@@ -692,5 +674,20 @@ func TestH2NoEmptyUserAgentUpstream(t *testing.T) {
 				t.Errorf("User-Agent regress/1.0 reached the upstream as %s", body)
 			}
 		})
+	}
+}
+
+// awaitSettings reads up to the proxy's SETTINGS and acknowledges them.
+func (w *h2Wire) awaitSettings() {
+	w.t.Helper()
+	for {
+		f, err := w.fr.ReadFrame()
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+			w.fr.WriteSettingsAck()
+			return
+		}
 	}
 }
