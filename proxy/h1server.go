@@ -120,12 +120,7 @@ type h1Server struct {
 	watchStop    func() bool
 	cancelReq    context.CancelFunc
 
-	// Parked.
-	parkMu  sync.Mutex
-	parkGen uint64 // a wake-up of an earlier park is stale
-	woken   bool
-	stops   [2]func() bool
-	timer   *time.Timer
+	parking parking // while parked
 }
 
 func newH1Server(c *conn, client net.Conn) *h1Server {
@@ -271,38 +266,24 @@ func (s *h1Server) park() bool {
 	}
 	s.releaseBuffers()
 	s.c.p.m.parked.Inc()
-	s.parkMu.Lock()
-	defer s.parkMu.Unlock()
-	s.woken = false
-	s.parkGen++
-	gen := s.parkGen
-	s.timer = time.AfterFunc(s.c.p.o.IdleTimeout, func() { s.wake(gen, wakeIdle) })
-	s.stops[0] = s.poll.p.OnReadable(func() { s.wake(gen, wakeClient) })
-	if s.upPoll != nil {
-		s.stops[1] = s.upPoll.p.OnReadable(func() { s.wake(gen, wakeUpstream) })
-	}
+	p := &s.parking
+	p.park(func(gen uint64) {
+		p.setTimer(s.c.p.o.IdleTimeout, func() { s.wake(gen, wakeIdle) })
+		p.stops[0] = s.poll.p.OnReadable(func() { s.wake(gen, wakeClient) })
+		if s.upPoll != nil {
+			p.stops[1] = s.upPoll.p.OnReadable(func() { s.wake(gen, wakeUpstream) })
+		}
+	})
 	return true
 }
 
 // wake runs on a goroutine of its own (a readiness callback or the idle
 // timer); the first of them to come serves the connection on.
 func (s *h1Server) wake(gen uint64, why wakeReason) {
-	s.parkMu.Lock()
-	if s.woken || gen != s.parkGen {
-		s.parkMu.Unlock()
+	if !s.parking.claim(gen) {
 		return
 	}
-	s.woken = true
-	stops, timer := s.stops, s.timer
-	s.stops, s.timer = [2]func() bool{}, nil
-	s.parkMu.Unlock()
 	s.c.p.m.parked.Dec()
-	for _, stop := range stops {
-		if stop != nil {
-			stop()
-		}
-	}
-	timer.Stop()
 
 	defer func() {
 		if r := recover(); r != nil {

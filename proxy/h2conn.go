@@ -108,12 +108,7 @@ type h2Conn struct {
 	idleTimer *time.Timer // blocking mode's idle timeout; under mu
 	idleSince time.Time   // when the last stream ended; under mu
 
-	parkMu  sync.Mutex
-	parkGen uint64
-	woken   bool
-	stop    func() bool
-	timer   *time.Timer
-	parked  bool
+	parking parking // the reader, while parked
 	endOnce sync.Once
 }
 
@@ -286,20 +281,8 @@ func (c *h2Conn) fail(err error) {
 // unpark cancels the wake-up of a parked reader: the connection is over
 // and nobody will read it again.
 func (c *h2Conn) unpark() {
-	c.parkMu.Lock()
-	if !c.parked || c.woken {
-		c.parkMu.Unlock()
+	if !c.parking.claim(0) {
 		return
-	}
-	c.woken, c.parked = true, false
-	stop, timer := c.stop, c.timer
-	c.stop, c.timer = nil, nil
-	c.parkMu.Unlock()
-	if stop != nil {
-		stop()
-	}
-	if timer != nil {
-		timer.Stop()
 	}
 	if c.onPark != nil {
 		c.onPark(false)
@@ -445,22 +428,19 @@ func (c *h2Conn) park() bool {
 		return false // over: the reader returns and releases
 	}
 	idle := len(c.streams) == 0
-	c.parkMu.Lock()
-	defer c.parkMu.Unlock()
-	c.woken = false
-	c.parkGen++
-	gen := c.parkGen
-	c.parked = true
 	if c.onPark != nil {
 		c.onPark(true)
 	}
-	if idle && c.idleTimeout > 0 {
-		// Idle since the last stream ended: PINGs and SETTINGS do not
-		// keep a connection open (as x/net's server).
-		d := max(c.idleTimeout-time.Since(c.idleSince), 0)
-		c.timer = time.AfterFunc(d, func() { c.wake(gen, true) })
-	}
-	c.stop = c.poll.p.OnReadable(func() { c.wake(gen, false) })
+	p := &c.parking
+	p.park(func(gen uint64) {
+		if idle && c.idleTimeout > 0 {
+			// Idle since the last stream ended: PINGs and SETTINGS do
+			// not keep a connection open (as x/net's server).
+			d := max(c.idleTimeout-time.Since(c.idleSince), 0)
+			p.setTimer(d, func() { c.wake(gen, true) })
+		}
+		p.stops[0] = c.poll.p.OnReadable(func() { c.wake(gen, false) })
+	})
 	return true
 }
 
@@ -480,35 +460,17 @@ func (c *h2Conn) armIdleLocked() {
 		}
 		return
 	}
-	c.parkMu.Lock()
-	defer c.parkMu.Unlock()
 	c.idleSince = time.Now()
-	if c.parked && !c.woken && c.timer == nil {
-		gen := c.parkGen
-		c.timer = time.AfterFunc(c.idleTimeout, func() { c.wake(gen, true) })
-	}
+	c.parking.armTimer(c.idleTimeout, func(gen uint64) { c.wake(gen, true) })
 }
 
 // wake runs on a goroutine of its own; the first wake-up of a park reads on.
 func (c *h2Conn) wake(gen uint64, idle bool) {
-	c.parkMu.Lock()
-	if c.woken || gen != c.parkGen {
-		c.parkMu.Unlock()
+	if !c.parking.claim(gen) {
 		return
 	}
-	c.woken = true
-	c.parked = false
-	stop, timer := c.stop, c.timer
-	c.stop, c.timer = nil, nil
-	c.parkMu.Unlock()
 	if c.onPark != nil {
 		c.onPark(false)
-	}
-	if stop != nil {
-		stop()
-	}
-	if timer != nil {
-		timer.Stop()
 	}
 	if idle {
 		c.mu.Lock()
