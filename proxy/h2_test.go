@@ -1079,3 +1079,45 @@ func TestH2EarlyHints(t *testing.T) {
 		}
 	}
 }
+
+// Requests whose target is ambiguous are refused with RST_STREAM
+// PROTOCOL_ERROR and never reach the upstream: a Host that differs from
+// :authority, an invalid authority, a :path not in origin form. The
+// connection serves on.
+func TestH2RefusesAmbiguousTargets(t *testing.T) {
+	var reached atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		io.WriteString(w, "ok")
+	})
+	r, _ := h2Setup(t, h, true, false, Options{})
+	w := dialH2Wire(t, r)
+	id := uint32(1)
+	for _, c := range []struct{ name, authority, host, path string }{
+		{"Host differs from :authority", "example.com", "other.example", "/"},
+		{"invalid authority", "exa mple.com", "", "/"},
+		{":path not in origin form", "example.com", "", "http://example.com/"},
+	} {
+		w.hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", c.authority}, {":path", c.path}} {
+			w.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if c.host != "" {
+			w.enc.WriteField(hpack.HeaderField{Name: "host", Value: c.host})
+		}
+		if err := w.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: w.hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		if e := w.next(); !e.rst || e.stream != id || e.code != http2.ErrCodeProtocol {
+			t.Errorf("%s: %+v, want RST_STREAM PROTOCOL_ERROR on stream %d", c.name, e, id)
+		}
+		id += 2
+	}
+	w.get(id, "/fine")
+	if status, body := w.response(id); status != "200" || body != "ok" {
+		t.Errorf("a well-formed request after them: %s %q", status, body)
+	}
+	if n := reached.Load(); n != 1 {
+		t.Errorf("the upstream saw %d requests, want only the well-formed one", n)
+	}
+}

@@ -419,8 +419,19 @@ func (s *h2Server) newRequest(st *h2Stream, f *http2.MetaHeadersFrame) (*http.Re
 			return nil, nil, fmt.Errorf("invalid :path: %w", err)
 		}
 	}
+	if method != http.MethodConnect && path != "*" && !strings.HasPrefix(path, "/") {
+		return nil, nil, fmt.Errorf("invalid :path %q", path) // origin-form only (RFC 9113, 8.3.1)
+	}
+	if hosts := header["Host"]; len(hosts) > 1 || len(hosts) == 1 && authority != "" && hosts[0] != authority {
+		// Which one the upstream, or an interceptor's policy, would take
+		// is anybody's guess (RFC 9113, 8.3.1): refused, as x/net does.
+		return nil, nil, errors.New("Host differs from :authority")
+	}
 	if authority == "" {
 		authority = header.Get("Host")
+	}
+	if authority != "" && !httpguts.ValidHostHeader(authority) {
+		return nil, nil, fmt.Errorf("invalid authority %q", authority)
 	}
 	delete(header, "Host")
 	var trailer http.Header
