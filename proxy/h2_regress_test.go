@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -308,10 +307,7 @@ func TestH2TruncatedResponseIsNotComplete(t *testing.T) {
 			}
 		},
 	}
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	pool := x509.NewCertPool()
-	pool.AddCert(s.Certificate())
+	pool := startTLS(t, s)
 	for _, blocking := range []bool{false, true} {
 		t.Run(fmt.Sprintf("blocking=%v", blocking), func(t *testing.T) {
 			r := newRigMode(t, s.Listener.Addr().String(), Options{UpstreamRoots: pool}, blocking)
@@ -510,10 +506,7 @@ func TestH2UpstreamStreamLimitRespected(t *testing.T) {
 	s := httptest.NewUnstartedServer(h)
 	s.EnableHTTP2 = true
 	s.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: limit}
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	pool := x509.NewCertPool()
-	pool.AddCert(s.Certificate())
+	pool := startTLS(t, s)
 	for _, blocking := range []bool{false, true} {
 		t.Run(fmt.Sprintf("blocking=%v", blocking), func(t *testing.T) {
 			r := newRigMode(t, s.Listener.Addr().String(), Options{UpstreamRoots: pool}, blocking)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -848,10 +847,7 @@ func TestH2UpstreamCloseEndsClientConnection(t *testing.T) {
 						upClosed.Add(1)
 					}
 				}
-				srv.StartTLS()
-				t.Cleanup(srv.Close)
-				pool := x509.NewCertPool()
-				pool.AddCert(srv.Certificate())
+				pool := startTLS(t, srv)
 				r := newRigMode(t, srv.Listener.Addr().String(), Options{UpstreamRoots: pool}, blocking)
 				w := dialH2Wire(t, r)
 				w.get(1, "/first")

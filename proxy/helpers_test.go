@@ -227,11 +227,17 @@ func tlsServer(t testing.TB, h http.Handler, h2 bool) (*httptest.Server, *x509.C
 	t.Helper()
 	s := httptest.NewUnstartedServer(h)
 	s.EnableHTTP2 = h2
+	return s, startTLS(t, s)
+}
+
+// startTLS starts s, configured, with TLS, and returns a pool that trusts it.
+func startTLS(t testing.TB, s *httptest.Server) *x509.CertPool {
+	t.Helper()
 	s.StartTLS()
 	t.Cleanup(s.Close)
 	pool := x509.NewCertPool()
 	pool.AddCert(s.Certificate())
-	return s, pool
+	return pool
 }
 
 // hooks is a configurable interceptor for tests.
